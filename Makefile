@@ -1,0 +1,43 @@
+# Set-up is two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help install lint test run kafka-fetch kafka-up kafka-down kafka-status clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install the package with its dev tools
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check processor tests
+
+kafka-fetch: install  ## fetch the Apache Kafka broker jars from Maven Central (cached)
+	$(PY) -m processor.localkafka fetch
+
+kafka-up: install  ## start the local KRaft broker on 127.0.0.1 (idempotent)
+	$(PY) -m processor.localkafka up
+
+kafka-down: install  ## stop the local broker (idempotent)
+	$(PY) -m processor.localkafka down
+
+kafka-status: install  ## is the local broker running?
+	$(PY) -m processor.localkafka status
+
+test: install kafka-fetch lint  ## every test; the fixtures start the broker they need
+	$(PY) -m pytest
+
+run: kafka-up  ## the main job on the local broker
+	@echo "Local broker is up at $$($(PY) -m processor.localkafka bootstrap)."
+	@echo "The processor and the simulator join here in later issues."
+
+clean: kafka-down  ## stop the broker and remove local data (keeps the jar cache)
+	rm -rf .local/kafka/data .local/kafka/logs
