@@ -116,6 +116,19 @@ Event = (
     | FlightBookedV1
     | FlightBookingFailedV1
 )
+
+
+def bundle_id_of(event: Event) -> str | None:
+    """The vip_bundle_id an event names itself, or None for the booking events,
+    which name only their booking (the route stage looks those up)."""
+    match event:
+        case VipBundleInitializedV1():
+            return event.vip_bundle_id
+        case FlightBookedV1() | FlightBookingFailedV1():
+            return event.reference_id  # the flight service's reference is the bundle id
+    return None
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     VipBundleInitializedV1,
     BookingMadeV1,

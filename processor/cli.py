@@ -1,0 +1,245 @@
+"""Command line: `processor run`, `processor topics create`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from processor.admin import (
+    TopicSpec,
+    TopologyError,
+    create_topics,
+    ensure_internal_topics,
+    internal_topics,
+)
+from processor.app import saga_handler
+from processor.codec import Codec
+from processor.runtime.engine import Engine, EngineConfig
+from processor.runtime.task import Backoff
+from processor.topology import DEFAULT_APPLICATION_ID, Topics
+
+log = logging.getLogger("processor")
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """'100ms', '5s', '2m', '1h', '1d' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 100ms, 5s, 1h")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
+    return key.strip(), value.strip()
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--application-id",
+        default=DEFAULT_APPLICATION_ID,
+        help="consumer group and prefix of internal topics; a new one starts from the "
+        "earliest offsets (default %(default)s)",
+    )
+    parser.add_argument(
+        "-X",
+        dest="client_config",
+        metavar="KEY=VALUE",
+        type=key_value,
+        action="append",
+        default=[],
+        help="librdkafka setting for every client (repeatable), e.g. -X security.protocol=SSL",
+    )
+    parser.add_argument(
+        "--topic",
+        dest="topic_overrides",
+        metavar="DEFAULT=NAME",
+        type=key_value,
+        action="append",
+        default=[],
+        help="use NAME instead of the default topic name DEFAULT (repeatable), "
+        "e.g. --topic events.BookingMade_v1=bookings.made",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="processor",
+        description="VIP bundle process manager: an exactly-once Kafka stream processor "
+        "running the VIP bundle saga (show tickets + inbound flight, refunds on failure).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="process events until SIGTERM/SIGINT",
+        description="Join the application's consumer group and process. Creates missing "
+        "internal topics and refuses mis-partitioned ones.",
+    )
+    _connection_args(run)
+    run.add_argument(
+        "--instance-id",
+        help="stable id of this instance; its transactional.id is <application-id>-<id>. "
+        "Default: an id kept in the state dir, so a restart reuses it",
+    )
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".local/state"),
+        help="where the RocksDB stores live (default %(default)s)",
+    )
+    run.add_argument(
+        "--partitions",
+        type=int,
+        default=12,
+        help="partitions of internal topics created now (default %(default)s)",
+    )
+    run.add_argument(
+        "--commit-interval",
+        type=duration,
+        default=0.1,
+        help="how often the transaction commits (default 100ms)",
+    )
+    run.add_argument(
+        "--retry-backoff-min",
+        type=duration,
+        default=0.1,
+        help="first retry of a not-ready event (default 100ms); doubles per attempt",
+    )
+    run.add_argument(
+        "--retry-backoff-max",
+        type=duration,
+        default=5.0,
+        help="cap of the retry delay (default 5s)",
+    )
+    run.add_argument(
+        "--not-ready-deadline",
+        type=duration,
+        default=3600.0,
+        help="a not-ready event still waiting after this goes to the DLQ (default 1h)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    topics = commands.add_parser("topics", help="manage the topology's topics")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    create = topic_commands.add_parser(
+        "create",
+        help="create the internal topics (and with --all the input and output topics)",
+    )
+    _connection_args(create)
+    create.add_argument("--partitions", type=int, default=12, help="default %(default)s")
+    create.add_argument(
+        "--all", action="store_true", help="also create missing input and output topics"
+    )
+    create.set_defaults(func=cmd_topics_create)
+    return parser
+
+
+def _topics(args: argparse.Namespace) -> Topics:
+    return Topics(args.application_id, dict(args.topic_overrides))
+
+
+def _admin(args: argparse.Namespace) -> AdminClient:
+    return AdminClient({"bootstrap.servers": args.bootstrap_servers, **dict(args.client_config)})
+
+
+def instance_id(state_dir: Path) -> str:
+    """An id kept beside the stores: stable across restarts of this instance,
+    distinct for instances with their own state dirs (as Kafka Streams' process id)."""
+    path = state_dir / "instance-id"
+    if path.exists():
+        return path.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    new = uuid.uuid4().hex[:12]
+    path.write_text(new + "\n")
+    return new
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    topics = _topics(args)
+    partitions = ensure_internal_topics(_admin(args), topics, args.partitions)
+    state_dir = args.state_dir / args.application_id
+    config = EngineConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        application_id=args.application_id,
+        instance_id=args.instance_id or instance_id(state_dir),
+        source_topics=topics.repartitions,
+        changelog_topic=topics.changelog,
+        dlq_topic=topics.dlq,
+        state_dir=state_dir,
+        commit_interval_s=args.commit_interval,
+        backoff=Backoff(args.retry_backoff_min, args.retry_backoff_max, args.not_ready_deadline),
+        client_config=dict(args.client_config),
+    )
+    engine = Engine(config, saga_handler(Codec(), topics))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: engine.stop())
+    log.info(
+        "instance %s of %s on %s: %d partitions, state in %s",
+        config.instance_id,
+        config.application_id,
+        config.bootstrap_servers,
+        partitions,
+        state_dir,
+    )
+    engine.run()
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    topics = _topics(args)
+    admin = _admin(args)
+    if args.all:
+        created = create_topics(
+            admin, [TopicSpec(t, args.partitions) for t in (*topics.inputs, *topics.outputs)]
+        )
+        print("\n".join(f"created {name}" for name in created) or "inputs and outputs exist")
+    existing = set(admin.list_topics(timeout=30).topics)
+    ensure_internal_topics(admin, topics, args.partitions)
+    for spec in internal_topics(topics, args.partitions):
+        state = "exists" if spec.name in existing else "created"
+        print(f"{state} {spec.name}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except TopologyError as exc:
+        log.error("%s", exc)
+        return 2
+    except KafkaException as exc:
+        log.error("Kafka: %s", exc.args[0])
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

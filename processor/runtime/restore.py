@@ -1,0 +1,68 @@
+"""Restore a partition store from its changelog, from the offset it reflects to the end."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from processor.runtime.store import PartitionStore
+
+log = logging.getLogger(__name__)
+
+_FLUSH_EVERY = 10_000
+
+
+def restore(
+    consumer: Consumer, store: PartitionStore, topic: str, partition: int, timeout_s: float = 300
+) -> int:
+    """Reads changelog partition `partition` into `store`; returns the records read.
+
+    `consumer` is read_committed, so the end is the last stable offset; the end
+    is detected by position, since transaction markers leave offset gaps.
+    """
+    low, end = consumer.get_watermark_offsets(
+        TopicPartition(topic, partition), timeout=30, cached=False
+    )
+    start = store.changelog_offset
+    if start is not None and not low <= start <= end:
+        # The changelog was recreated or truncated under us: start over.
+        log.warning(
+            "store of %s[%d] reflects offset %d outside [%d, %d]; rebuilding",
+            topic,
+            partition,
+            start,
+            low,
+            end,
+        )
+        store.wipe()
+        start = None
+    position = low if start is None else start
+    if position >= end:
+        return 0
+    consumer.assign([TopicPartition(topic, partition, position)])
+    changes: dict[bytes, bytes | None] = {}
+    restored = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while position < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"restoring {topic}[{partition}] stalled at {position}/{end}")
+            for msg in consumer.consume(1000, timeout=0.5):
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(error)
+                changes[msg.key()] = msg.value()
+                restored += 1
+            [now_at] = consumer.position([TopicPartition(topic, partition)])
+            position = max(position, now_at.offset)
+            if len(changes) >= _FLUSH_EVERY:
+                store.write(changes, position)
+                changes.clear()
+        store.write(changes, position)
+    finally:
+        consumer.unassign()
+    return restored
