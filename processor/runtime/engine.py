@@ -131,6 +131,10 @@ class Engine:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def assigned_partitions(self) -> set[int]:
+        return set(self._tasks)
+
     def _close(self) -> None:
         try:
             self._consumer.close()  # revokes (commits nothing more) and leaves the group

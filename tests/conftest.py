@@ -1,0 +1,51 @@
+"""Shared fixtures: a real Kafka broker for integration tests (see processor.localkafka)."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from processor.localkafka import ensure_bootstrap
+
+TopicFactory = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """KAFKA_BOOTSTRAP_SERVERS if set, else a testcontainers Kafka, else the local broker."""
+    bootstrap, stop = ensure_bootstrap()
+    try:
+        yield bootstrap
+    finally:
+        stop()
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str) -> Iterator[TopicFactory]:
+    """new_topic(partitions=1, config=None, prefix="test") -> a fresh, uniquely named topic.
+
+    Every topic made through it is deleted when the test ends.
+    """
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def make(
+        partitions: int = 1, config: Mapping[str, str] | None = None, prefix: str = "test"
+    ) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        spec = NewTopic(name, partitions, 1, config=dict(config or {}))
+        admin.create_topics([spec], operation_timeout=30)[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=30).values():
+            # A test may already have deleted its topic; cleanup must not mask its result.
+            with contextlib.suppress(KafkaException):
+                future.result(timeout=30)
