@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -63,8 +64,18 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    _wait_visible(admin, created)
     log.info("created topics %s", created)
     return created
+
+
+def _wait_visible(admin: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    # CreateTopics can answer before the broker's metadata cache shows the topics.
+    deadline = time.monotonic() + timeout_s
+    while len(partition_counts(admin, names)) < len(names):
+        if time.monotonic() > deadline:
+            raise TopologyError(f"created topics not visible after {timeout_s}s: {names}")
+        time.sleep(0.1)
 
 
 def ensure_internal_topics(admin: AdminClient, topics: Topics, partitions: int) -> int:

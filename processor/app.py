@@ -1,56 +1,58 @@
-"""The saga as a runtime handler: decode, decide, encode. The only module that
-knows both the domain and the runtime's record types."""
+"""The composition root: both sub-topologies of the process manager in one engine.
+
+Route (input topics -> repartition topics, via the booking index) and manage
+(repartition topics -> outputs, with state) share one consumer group and one
+transactional producer, so a routed event and its input offset commit together.
+"""
 
 from __future__ import annotations
 
-from processor.codec import Codec, CodecError
-from processor.domain.messages import EVENT_TYPES, VipBundle, bundle_id_of
-from processor.domain.saga import Apply, Ignore, NotReady, decide
-from processor.runtime.handler import (
-    BadInput,
-    Handler,
-    InputRecord,
-    Outcome,
-    OutputRecord,
-    Retry,
-    Skip,
-    Stage,
-)
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from processor.codec import Codec
+from processor.manage import saga_handler
+from processor.routing import index_entries, saga_router
+from processor.runtime.engine import Engine, EngineConfig
+from processor.runtime.global_table import GlobalTable
 from processor.topology import Topics
 
-BUNDLE_HEADER = "vip_bundle_id"
 
-
-def saga_handler(codec: Codec, topics: Topics) -> Handler:
-    event_types = {topics.repartition(cls.schema_name): cls for cls in EVENT_TYPES}
-
-    def handle(record: InputRecord, state: bytes | None) -> Outcome:
-        try:
-            event = codec.decode(record.value or b"", event_types[record.topic])
-        except CodecError as exc:
-            raise BadInput(str(exc)) from exc
-        key = (record.key or b"").decode("utf-8", "replace")
-        named = bundle_id_of(event)
-        if named is not None and named != key:
-            raise BadInput(f"record key {key!r} is not the event's vip_bundle_id {named!r}")
-        bundle = None if state is None else codec.decode(state, VipBundle)
-        decision = decide(bundle, event)
-        match decision:
-            case Apply():
-                header = [(BUNDLE_HEADER, key.encode())]
-                return Stage(
-                    codec.encode(decision.state),
-                    [
-                        OutputRecord(
-                            topics.output(out), out.key.encode(), codec.encode(out.message), header
-                        )
-                        for out in decision.outputs
-                    ],
-                )
-            case Ignore():
-                return Skip(decision.reason)
-            case NotReady():
-                return Retry(decision.reason)
-        raise TypeError(f"unknown decision {decision!r}")
-
-    return handle
+def build_engine(
+    *,
+    bootstrap_servers: str,
+    topics: Topics,
+    instance_id: str,
+    state_dir: Path,
+    client_config: dict[str, str] | None = None,
+    codec: Codec | None = None,
+    **engine_options: Any,
+) -> Engine:
+    """`state_dir` is this instance's (already including the application id)."""
+    codec = codec or Codec()
+    client_config = dict(client_config or {})
+    config = EngineConfig(
+        bootstrap_servers=bootstrap_servers,
+        application_id=topics.application_id,
+        instance_id=instance_id,
+        source_topics=topics.repartitions,
+        route_topics=topics.inputs,
+        changelog_topic=topics.changelog,
+        dlq_topic=topics.dlq,
+        state_dir=state_dir,
+        client_config=client_config,
+    )
+    config = replace(config, **engine_options)
+    index = GlobalTable(
+        topics.input("VipBundleInitialized_v1"),
+        state_dir / "booking-index",
+        index_entries(codec),
+        {"bootstrap.servers": bootstrap_servers, **client_config},
+    )
+    return Engine(
+        config,
+        saga_handler(codec, topics),
+        saga_router(codec, topics, index),
+        global_tables=(index,),
+    )

@@ -21,10 +21,9 @@ from processor.admin import (
     create_topics,
     ensure_internal_topics,
     internal_topics,
+    require_topics,
 )
-from processor.app import saga_handler
-from processor.codec import Codec
-from processor.runtime.engine import Engine, EngineConfig
+from processor.app import build_engine
 from processor.runtime.task import Backoff
 from processor.topology import DEFAULT_APPLICATION_ID, Topics
 
@@ -179,28 +178,27 @@ def instance_id(state_dir: Path) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     topics = _topics(args)
-    partitions = ensure_internal_topics(_admin(args), topics, args.partitions)
+    admin = _admin(args)
+    require_topics(admin, topics.inputs, "input")
+    require_topics(admin, topics.outputs, "output")
+    partitions = ensure_internal_topics(admin, topics, args.partitions)
     state_dir = args.state_dir / args.application_id
-    config = EngineConfig(
+    engine = build_engine(
         bootstrap_servers=args.bootstrap_servers,
-        application_id=args.application_id,
+        topics=topics,
         instance_id=args.instance_id or instance_id(state_dir),
-        source_topics=topics.repartitions,
-        changelog_topic=topics.changelog,
-        dlq_topic=topics.dlq,
         state_dir=state_dir,
+        client_config=dict(args.client_config),
         commit_interval_s=args.commit_interval,
         backoff=Backoff(args.retry_backoff_min, args.retry_backoff_max, args.not_ready_deadline),
-        client_config=dict(args.client_config),
     )
-    engine = Engine(config, saga_handler(Codec(), topics))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: engine.stop())
     log.info(
         "instance %s of %s on %s: %d partitions, state in %s",
-        config.instance_id,
-        config.application_id,
-        config.bootstrap_servers,
+        engine.config.instance_id,
+        engine.config.application_id,
+        engine.config.bootstrap_servers,
         partitions,
         state_dir,
     )

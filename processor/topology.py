@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from processor.domain.messages import EVENT_TYPES, Output
 
 DEFAULT_APPLICATION_ID = "vip-bundle-process-manager"
+BUNDLE_HEADER = "vip_bundle_id"  # on every record the processor writes
 EVENT_NAMES: tuple[str, ...] = tuple(cls.schema_name for cls in EVENT_TYPES)
 
 

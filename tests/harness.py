@@ -6,11 +6,12 @@ never see each other's records.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processor.admin import TopicSpec, create_topics, ensure_internal_topics
-from processor.app import saga_handler
+from processor.app import build_engine
 from processor.codec import Codec
 from processor.domain.messages import Event, bundle_id_of
-from processor.runtime.engine import Engine, EngineConfig
+from processor.runtime.engine import Engine
 from processor.topology import Topics
 
 codec = Codec()
@@ -89,14 +90,21 @@ class Deployment:
     bootstrap: str
     state_root: Path
     partitions: int = 3
+    input_partitions: tuple[int, ...] = (2,)  # cycled over the six input topics
+    inputs_of: Deployment | None = None  # share another deployment's input topics
     topics: Topics = field(init=False)
 
     def __post_init__(self) -> None:
         app = f"test-{uuid.uuid4().hex[:10]}"
-        # Output topics get the application id as suffix: private to this test.
-        self.topics = Topics(app, {t: f"{t}.{app}" for t in Topics().outputs})
+        # Input and output topics get a suffix: private to this test.
+        owner = self.inputs_of.app if self.inputs_of else app
+        private = {t: f"{t}.{owner}" for t in Topics().inputs}
+        private |= {t: f"{t}.{app}" for t in Topics().outputs}
+        self.topics = Topics(app, private)
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         ensure_internal_topics(admin, self.topics, self.partitions)
+        sizes = itertools.cycle(self.input_partitions)
+        create_topics(admin, [TopicSpec(t, next(sizes)) for t in self.topics.inputs])
         create_topics(admin, [TopicSpec(t, 2) for t in self.topics.outputs])
         self._producer = Producer(
             {"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random"}
@@ -109,21 +117,16 @@ class Deployment:
 
     # --- running instances ----------------------------------------------------
 
-    def config(self, instance: str, **changes: Any) -> EngineConfig:
-        config = EngineConfig(
+    def start(self, instance: str = "a", **changes: Any) -> RunningEngine:
+        engine = build_engine(
             bootstrap_servers=self.bootstrap,
-            application_id=self.app,
+            topics=self.topics,
             instance_id=instance,
-            source_topics=self.topics.repartitions,
-            changelog_topic=self.topics.changelog,
-            dlq_topic=self.topics.dlq,
             state_dir=self.state_root / instance,
             client_config=FAST_GROUP,
+            codec=codec,
+            **changes,
         )
-        return replace(config, **changes)
-
-    def start(self, instance: str = "a", **changes: Any) -> RunningEngine:
-        engine = Engine(self.config(instance, **changes), saga_handler(codec, self.topics))
         running = RunningEngine(engine, threading.Thread(target=lambda: None))
 
         def run() -> None:
@@ -163,6 +166,13 @@ class Deployment:
             topic = self.topics.repartition(event.schema_name)
             sent.append(self.send_raw(topic, bundle, codec.encode(event)))
         return sent
+
+    def publish(self, *events: Event, key: str | None = None) -> list[tuple[int, int]]:
+        """Produces events to their input topics as the services would: with `key`
+        (None: no key) and no regard for bundles."""
+        return [
+            self.send_raw(self.topics.input(e.schema_name), key, codec.encode(e)) for e in events
+        ]
 
     def send_raw(self, topic: str, key: str | bytes | None, value: bytes | None) -> tuple[int, int]:
         where: list[tuple[int, int]] = []

@@ -28,7 +28,19 @@ from confluent_kafka import (
 
 from processor.runtime.checkpoint import Checkpoint
 from processor.runtime.dlq import NotReadyTooLong, dead_letter
-from processor.runtime.handler import BadInput, Handler, InputRecord, Outcome, Retry, Skip, Stage
+from processor.runtime.global_table import GlobalTable
+from processor.runtime.handler import (
+    BadInput,
+    Forward,
+    Handler,
+    InputRecord,
+    Outcome,
+    Reject,
+    Retry,
+    Router,
+    Skip,
+    Stage,
+)
 from processor.runtime.restore import restore
 from processor.runtime.store import PartitionStore
 from processor.runtime.task import Backoff, Task
@@ -41,7 +53,7 @@ class EngineConfig:
     bootstrap_servers: str
     application_id: str
     instance_id: str
-    source_topics: tuple[str, ...]
+    source_topics: tuple[str, ...]  # stateful: co-partitioned with the changelog
     changelog_topic: str
     dlq_topic: str
     state_dir: Path
@@ -49,6 +61,7 @@ class EngineConfig:
     backoff: Backoff = field(default_factory=Backoff)
     client_config: Mapping[str, str] = field(default_factory=dict)
     batch_size: int = 500
+    route_topics: tuple[str, ...] = ()  # stateless: any partition count
 
     @property
     def transactional_id(self) -> str:
@@ -60,6 +73,8 @@ class EngineConfig:
 class Stats:
     processed: int = 0
     skipped: int = 0
+    forwarded: int = 0
+    not_routed: int = 0
     retried: int = 0
     dead_lettered: int = 0
     restored: int = 0
@@ -68,9 +83,19 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, handler: Handler) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        handler: Handler,
+        router: Router | None = None,
+        global_tables: tuple[GlobalTable, ...] = (),
+    ) -> None:
         self.config = config
         self.handler = handler
+        self.router = router
+        self.global_tables = global_tables
+        self._route_topics = frozenset(config.route_topics)
+        self._route_positions: dict[tuple[str, int], int] = {}
         self.stats = Stats()
         self.ready = threading.Event()  # set once the first assignment is restored
         self._stopping = threading.Event()
@@ -104,6 +129,8 @@ class Engine:
                 "transactional.id": config.transactional_id,
                 "client.id": config.transactional_id,
                 "linger.ms": 5,
+                # Java's default partitioner: keys land where Kafka Streams would put them.
+                "partitioner": "murmur2_random",
                 "transaction.timeout.ms": 10_000,
             }
         )
@@ -114,8 +141,10 @@ class Engine:
     def run(self) -> None:
         """Processes until `stop()`; commits or aborts the open transaction on the way out."""
         self._producer.init_transactions(60)
+        for table in self.global_tables:
+            table.catch_up()
         self._consumer.subscribe(
-            list(self.config.source_topics),
+            [*self.config.route_topics, *self.config.source_topics],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -143,6 +172,8 @@ class Engine:
                 task.close()
             self._tasks.clear()
             self._restorer.close()
+            for table in self.global_tables:
+                table.close()
             self._producer.flush(5)
             log.info("instance %s stopped: %s", self.config.instance_id, self.stats)
 
@@ -151,6 +182,7 @@ class Engine:
     def _poll_once(self) -> None:
         messages = self._consumer.consume(self.config.batch_size, timeout=self._poll_timeout())
         batches: dict[int, list[InputRecord]] = defaultdict(list)
+        to_route: list[InputRecord] = []
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -158,17 +190,23 @@ class Engine:
                     raise KafkaException(error)
                 log.warning("consumer: %s", error)
                 continue
-            batches[msg.partition()].append(
-                InputRecord(
-                    topic=msg.topic(),
-                    partition=msg.partition(),
-                    offset=msg.offset(),
-                    timestamp=msg.timestamp()[1],
-                    key=msg.key(),
-                    value=msg.value(),
-                    headers=list(msg.headers() or []),
-                )
+            record = InputRecord(
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+                timestamp=msg.timestamp()[1],
+                key=msg.key(),
+                value=msg.value(),
+                headers=list(msg.headers() or []),
             )
+            if record.topic in self._route_topics:
+                to_route.append(record)
+            else:
+                batches[record.partition].append(record)
+        for table in self.global_tables:
+            table.poll()
+        if to_route:
+            self._route(to_route)
         for partition, records in batches.items():
             task = self._tasks.get(partition)
             if task is None:
@@ -219,6 +257,29 @@ class Engine:
             self.stats.skipped += 1
         return outcome
 
+    def _route(self, records: list[InputRecord]) -> None:
+        assert self.router is not None, "route topics without a router"
+        outcomes = self.router(records)
+        self._checkpoint.begin()
+        for record, outcome in zip(records, outcomes, strict=True):
+            match outcome:
+                case Forward():
+                    for out in outcome.records:
+                        self._checkpoint.send(out, record.timestamp)
+                    self.stats.forwarded += 1
+                case Skip():
+                    self.stats.not_routed += 1
+                    log.debug(
+                        "%s[%d]@%d not routed: %s",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        outcome.reason,
+                    )
+                case Reject():
+                    self._dead_letter(record, BadInput(outcome.reason))
+            self._route_positions[(record.topic, record.partition)] = record.offset + 1
+
     def _dead_letter(self, record: InputRecord, error: Exception) -> None:
         log.warning(
             "dead-lettered %s[%d]@%d to %s: %s: %s",
@@ -247,6 +308,7 @@ class Engine:
             for partition, task in self._tasks.items()
             for topic, offset in task.positions.items()
         ]
+        offsets += [TopicPartition(t, p, o) for (t, p), o in self._route_positions.items()]
         backoff = 0.1
         while True:
             try:
@@ -286,11 +348,13 @@ class Engine:
         for task in self._tasks.values():
             task.aborted()
             task.positions.clear()
+        self._route_positions.clear()
 
     # --- rebalance ------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for partition in sorted({tp.partition for tp in partitions} - self._tasks.keys()):
+        stateful = {tp.partition for tp in partitions if tp.topic not in self._route_topics}
+        for partition in sorted(stateful - self._tasks.keys()):
             store = PartitionStore(
                 self.config.state_dir / self.config.changelog_topic / str(partition)
             )
@@ -313,13 +377,16 @@ class Engine:
         except KafkaException as exc:
             log.warning("commit on revocation failed: %s", exc)
             self._checkpoint.abort()
-        self._drop_tasks({tp.partition for tp in partitions})
+        self._drop_tasks(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member may own them already: nothing of ours may commit.
         self._checkpoint.abort()
-        self._drop_tasks({tp.partition for tp in partitions})
+        self._drop_tasks(partitions)
 
-    def _drop_tasks(self, partitions: set[int]) -> None:
-        for partition in partitions & self._tasks.keys():
+    def _drop_tasks(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._route_positions.pop((tp.topic, tp.partition), None)
+        stateful = {tp.partition for tp in partitions if tp.topic not in self._route_topics}
+        for partition in stateful & self._tasks.keys():
             self._tasks.pop(partition).close()

@@ -64,3 +64,27 @@ class BadInput(Exception):
 Handler = Callable[[InputRecord, bytes | None], Outcome]
 """(record, current state of record.key or None) -> outcome. Must be pure with
 respect to the runtime: the same arguments give the same outcome."""
+
+
+# --- stateless routing (the first sub-topology) --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Publish `records` (e.g. re-keyed to a repartition topic) with the input offset."""
+
+    records: Sequence[OutputRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The record can never be routed: it goes to the dead-letter queue."""
+
+    reason: str
+
+
+RouteOutcome = Forward | Skip | Reject
+
+Router = Callable[[Sequence[InputRecord]], list[RouteOutcome]]
+"""A whole poll batch at once -> one outcome per record, in order. Batches let a
+router do one expensive check (e.g. catching up a global table) per poll."""

@@ -20,23 +20,24 @@ log = logging.getLogger(__name__)
 _OFFSET_KEY = b"\x00changelog-offset"
 
 
+def open_rocksdb(path: Path) -> Rdict:
+    """Opens (creating) a raw-bytes RocksDB; an unreadable one is replaced by an
+    empty one: every store here can be rebuilt from Kafka."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    try:
+        return Rdict(str(path), options=options)
+    except Exception as exc:  # rocksdict raises a bare Exception on corruption
+        log.warning("store %s is unreadable (%s); rebuilding it from Kafka", path, exc)
+        shutil.rmtree(path, ignore_errors=True)
+        return Rdict(str(path), options=options)
+
+
 class PartitionStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = self._open()
-        except Exception as exc:  # rocksdict raises a bare Exception on corruption
-            log.warning(
-                "state store %s is unreadable (%s); rebuilding from the changelog", path, exc
-            )
-            shutil.rmtree(path, ignore_errors=True)
-            self._db = self._open()
-
-    def _open(self) -> Rdict:
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        return Rdict(str(self.path), options=options)
+        self._db = open_rocksdb(path)
 
     @property
     def changelog_offset(self) -> int | None:
@@ -67,7 +68,7 @@ class PartitionStore:
         """Drop everything, e.g. when the changelog no longer matches the store."""
         self._db.close()
         Rdict.destroy(str(self.path))
-        self._db = self._open()
+        self._db = open_rocksdb(self.path)
 
     def close(self) -> None:
         self._db.close()
