@@ -53,7 +53,11 @@ class GlobalTable:
         return self._db.get(key)
 
     def poll(self, timeout: float = 0.0) -> int:
-        """Applies what is fetched already (or arrives within `timeout`)."""
+        """Applies what is fetched already (or arrives within `timeout`): keeps the
+        table fresh between catch-ups."""
+        return self._read(timeout)
+
+    def _read(self, timeout: float) -> int:
         if not self._positions:
             self._assign_new_partitions()
         messages = self._consumer.consume(1000, timeout=timeout)
@@ -86,7 +90,7 @@ class GlobalTable:
         while any(self._positions[p] < end for p, end in ends.items()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"global table {self.topic} did not reach {ends}")
-            self.poll(0.1)
+            self._read(0.1)
             # Transaction markers leave gaps: the consumer's position says where it is.
             for tp in self._consumer.position([TopicPartition(self.topic, p) for p in ends]):
                 if tp.offset >= 0:
