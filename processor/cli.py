@@ -1,4 +1,4 @@
-"""Command line: `processor run`, `processor topics create`."""
+"""Command line: `processor run | topics create | simulate | demo`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from rich.console import Console
 
 from processor.admin import (
     TopicSpec,
@@ -25,6 +27,8 @@ from processor.admin import (
 )
 from processor.app import build_engine
 from processor.runtime.task import Backoff
+from processor.simulation.runner import SimulationConfig, report, simulate
+from processor.simulation.services import Knobs
 from processor.topology import DEFAULT_APPLICATION_ID, Topics
 
 log = logging.getLogger("processor")
@@ -153,7 +157,78 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="also create missing input and output topics"
     )
     create.set_defaults(func=cmd_topics_create)
+    simulate = commands.add_parser(
+        "simulate",
+        help="play the ticket and flight services against a running processor and check it",
+        description="Initializes bundles, answers BookShowTickets and BookFlight like the "
+        "services would (late, reordered, duplicated), mixes in ordinary bookings, records "
+        "every RefundTicket and VipBundleFinalized_v1, then checks them against its ground "
+        "truth. Exit code 1 on any violation.",
+    )
+    _connection_args(simulate)
+    _simulation_args(simulate)
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="create the topics, start `processor run` in the background, simulate, report",
+        description="The whole thing on one broker: what `make run` runs.",
+    )
+    _connection_args(demo)
+    demo.add_argument("--state-dir", type=Path, default=Path(".local/state"))
+    demo.add_argument("--partitions", type=int, default=12, help="default %(default)s")
+    _simulation_args(demo)
+    demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _simulation_args(parser: argparse.ArgumentParser) -> None:
+    knobs = Knobs()
+    group = parser.add_argument_group("simulation")
+    group.add_argument("--bundles", type=int, default=200, help="default %(default)s")
+    group.add_argument(
+        "--rate", type=float, default=50.0, help="new bundles per second (default %(default)s)"
+    )
+    for name, default, what in [
+        ("booking-failure-rate", knobs.booking_failure_rate, "share of show bookings that fail"),
+        ("flight-failure-rate", knobs.flight_failure_rate, "share of flight bookings that fail"),
+        ("duplicate-rate", knobs.duplicate_rate, "share of events delivered twice"),
+        (
+            "late-confirmation-rate",
+            knobs.late_confirmation_rate,
+            "share of a failing bundle's confirmations sent after the flight failure",
+        ),
+        ("ordinary-booking-rate", knobs.ordinary_booking_rate, "non-VIP bookings per bundle"),
+    ]:
+        group.add_argument(f"--{name}", type=float, default=default, help=f"{what} ({default})")
+    group.add_argument("--max-tickets", type=int, default=knobs.max_tickets)
+    group.add_argument(
+        "--max-delay", type=duration, default=knobs.max_delay_s, help="longest event delay (1s)"
+    )
+    group.add_argument("--timeout", type=duration, default=120.0, help="give up after (120s)")
+    group.add_argument("--seed", type=int, default=0, help="same seed, same world")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _simulation_config(args: argparse.Namespace) -> SimulationConfig:
+    return SimulationConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        topics=_topics(args),
+        bundles=args.bundles,
+        rate=args.rate,
+        knobs=Knobs(
+            booking_failure_rate=args.booking_failure_rate,
+            flight_failure_rate=args.flight_failure_rate,
+            duplicate_rate=args.duplicate_rate,
+            late_confirmation_rate=args.late_confirmation_rate,
+            ordinary_booking_rate=args.ordinary_booking_rate,
+            max_tickets=args.max_tickets,
+            max_delay_s=args.max_delay,
+        ),
+        timeout_s=args.timeout,
+        seed=args.seed,
+        client_config=dict(args.client_config),
+    )
 
 
 def _topics(args: argparse.Namespace) -> Topics:
@@ -220,6 +295,54 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         state = "exists" if spec.name in existing else "created"
         print(f"{state} {spec.name}")
     return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, quiet=args.no_progress)
+    result = simulate(_simulation_config(args), console)
+    report(result, Console())
+    return 0 if result.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    topics = _topics(args)
+    admin = _admin(args)
+    create_topics(admin, [TopicSpec(t, args.partitions) for t in (*topics.inputs, *topics.outputs)])
+    ensure_internal_topics(admin, topics, args.partitions)
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = args.state_dir / "processor.log"
+    forwarded = [
+        "--bootstrap-servers",
+        args.bootstrap_servers,
+        "--application-id",
+        args.application_id,
+        "--state-dir",
+        str(args.state_dir),
+        "--partitions",
+        str(args.partitions),
+        "--log-level",
+        args.log_level,
+    ]
+    forwarded += [f"-X{k}={v}" for k, v in args.client_config]
+    forwarded += [f"--topic={k}={v}" for k, v in args.topic_overrides]
+    with log_path.open("a") as log_file:
+        processor = subprocess.Popen(
+            [sys.executable, "-m", "processor", "run", *forwarded],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    log.info("processor started (pid %d), logging to %s", processor.pid, log_path)
+    try:
+        console = Console(stderr=True, quiet=args.no_progress)
+        result = simulate(_simulation_config(args), console)
+    finally:
+        processor.send_signal(signal.SIGTERM)
+        code = processor.wait(60)
+    report(result, Console())
+    if code != 0:
+        log.error("the processor exited with %d; see %s", code, log_path)
+        return 1
+    return 0 if result.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
