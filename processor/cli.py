@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import re
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from processor.admin import (
     require_topics,
 )
 from processor.app import build_engine
+from processor.reset import ResetRefused, Target, iso_datetime, render, reset
 from processor.runtime.task import Backoff
 from processor.simulation.runner import SimulationConfig, report, simulate
 from processor.simulation.services import Knobs
@@ -157,6 +159,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="also create missing input and output topics"
     )
     create.set_defaults(func=cmd_topics_create)
+
+    replay = commands.add_parser(
+        "reset",
+        help="replay: reset the input offsets, delete the internal topics and local state",
+        description="In the spirit of kafka-streams-application-reset: refuses while the "
+        "consumer group has members; resets the group's offsets on the input topics (by "
+        "default to the earliest), deletes the repartition topics and the changelog, and the "
+        "stores under <state-dir>/<application-id>, so that the next run replays. The DLQ "
+        "<application-id>-dlq is kept unless --delete-dlq: dead letters are never lost "
+        "silently.",
+    )
+    _connection_args(replay)
+    replay.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".local/state"),
+        help="where the RocksDB stores live, as given to run (default %(default)s)",
+    )
+    to = replay.add_argument_group("where the input offsets go").add_mutually_exclusive_group()
+    to.add_argument("--to-earliest", action="store_true", help="to the log start (default)")
+    to.add_argument(
+        "--to-datetime",
+        type=iso_datetime,
+        metavar="ISO8601",
+        help="to the first record at or after it, e.g. 2026-11-23T10:00:00Z (no zone: UTC)",
+    )
+    to.add_argument(
+        "--by-duration", type=duration, metavar="DURATION", help="to now minus DURATION, e.g. 2h"
+    )
+    dlq = replay.add_mutually_exclusive_group()
+    dlq.add_argument(
+        "--keep-dlq",
+        dest="delete_dlq",
+        action="store_false",
+        help="keep the DLQ topic and its dead letters (default)",
+    )
+    dlq.add_argument(
+        "--delete-dlq",
+        dest="delete_dlq",
+        action="store_true",
+        help="also delete the DLQ topic: its dead letters are lost",
+    )
+    replay.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    replay.set_defaults(func=cmd_reset, delete_dlq=False)
     simulate = commands.add_parser(
         "simulate",
         help="play the ticket and flight services against a running processor and check it",
@@ -206,7 +252,13 @@ def _simulation_args(parser: argparse.ArgumentParser) -> None:
         "--max-delay", type=duration, default=knobs.max_delay_s, help="longest event delay (1s)"
     )
     group.add_argument("--timeout", type=duration, default=120.0, help="give up after (120s)")
-    group.add_argument("--seed", type=int, default=0, help="same seed, same world")
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="same seed, same world (ids included: reuse one only on fresh topics); "
+        "default: a new world every run",
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -226,7 +278,7 @@ def _simulation_config(args: argparse.Namespace) -> SimulationConfig:
             max_delay_s=args.max_delay,
         ),
         timeout_s=args.timeout,
-        seed=args.seed,
+        seed=args.seed if args.seed is not None else random.randrange(2**32),
         client_config=dict(args.client_config),
     )
 
@@ -294,6 +346,25 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     for spec in internal_topics(topics, args.partitions):
         state = "exists" if spec.name in existing else "created"
         print(f"{state} {spec.name}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    target = Target.of(args.to_datetime, args.by_duration)
+    try:
+        rows = reset(
+            _admin(args),
+            _topics(args),
+            args.state_dir / args.application_id,
+            target,
+            delete_dlq=args.delete_dlq,
+            dry_run=args.dry_run,
+        )
+    except ResetRefused as exc:
+        log.error("refusing to reset: %s", exc)
+        return 2
+    outcome = "dry run, nothing changed" if args.dry_run else "done, the next run replays"
+    print(render(rows, f"reset of {args.application_id} to {target}: {outcome}"))
     return 0
 
 

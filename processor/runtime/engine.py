@@ -25,6 +25,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from processor.runtime.checkpoint import Checkpoint
 from processor.runtime.dlq import NotReadyTooLong, dead_letter
@@ -41,6 +42,7 @@ from processor.runtime.handler import (
     Skip,
     Stage,
 )
+from processor.runtime.offsets import end_offsets, start_offsets
 from processor.runtime.restore import restore
 from processor.runtime.store import PartitionStore
 from processor.runtime.task import Backoff, Task
@@ -134,6 +136,7 @@ class Engine:
                 "transaction.timeout.ms": 10_000,
             }
         )
+        self._admin = AdminClient(common)
         self._checkpoint = Checkpoint(self._producer, config.changelog_topic)
 
     # --- lifecycle -------------------------------------------------------------
@@ -354,12 +357,17 @@ class Engine:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         stateful = {tp.partition for tp in partitions if tp.topic not in self._route_topics}
-        for partition in sorted(stateful - self._tasks.keys()):
+        new = sorted(stateful - self._tasks.keys())
+        changelog = [(self.config.changelog_topic, p) for p in new]
+        lows = start_offsets(self._admin, changelog)
+        ends = end_offsets(self._admin, changelog)
+        for partition in new:
             store = PartitionStore(
                 self.config.state_dir / self.config.changelog_topic / str(partition)
             )
             started = time.monotonic()
-            count = restore(self._restorer, store, self.config.changelog_topic, partition)
+            key = (self.config.changelog_topic, partition)
+            count = restore(self._restorer, store, key[0], partition, low=lows[key], end=ends[key])
             self.stats.restored += count
             log.info(
                 "task %d: restored %d changelog records in %.2fs",

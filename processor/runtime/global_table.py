@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 from rocksdict import WriteBatch
 
+from processor.runtime.offsets import end_offsets
 from processor.runtime.store import open_rocksdb
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class GlobalTable:
                 "enable.auto.offset.store": False,
             }
         )
+        self._admin = AdminClient(dict(client_config))
         self._positions: dict[int, int] = {}
         self.records = 0
 
@@ -81,10 +84,10 @@ class GlobalTable:
         """Reads until every partition reaches the end offset it has now."""
         self._assign_new_partitions()
         ends = {
-            p: self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=30, cached=False
-            )[1]
-            for p in self._positions
+            p: end
+            for (_, p), end in end_offsets(
+                self._admin, ((self.topic, p) for p in self._positions)
+            ).items()
         }
         deadline = time.monotonic() + timeout_s
         while any(self._positions[p] < end for p, end in ends.items()):

@@ -15,16 +15,20 @@ _FLUSH_EVERY = 10_000
 
 
 def restore(
-    consumer: Consumer, store: PartitionStore, topic: str, partition: int, timeout_s: float = 300
+    consumer: Consumer,
+    store: PartitionStore,
+    topic: str,
+    partition: int,
+    low: int,
+    end: int,
+    timeout_s: float = 300,
 ) -> int:
-    """Reads changelog partition `partition` into `store`; returns the records read.
+    """Reads changelog partition `partition` from the offset `store` reflects up to
+    `end` (its last stable offset); returns the records read.
 
-    `consumer` is read_committed, so the end is the last stable offset; the end
-    is detected by position, since transaction markers leave offset gaps.
+    `consumer` is read_committed; the end is detected by position, since
+    transaction markers leave offset gaps.
     """
-    low, end = consumer.get_watermark_offsets(
-        TopicPartition(topic, partition), timeout=30, cached=False
-    )
     start = store.changelog_offset
     if start is not None and not low <= start <= end:
         # The changelog was recreated or truncated under us: start over.
