@@ -27,6 +27,8 @@ from processor.admin import (
     require_topics,
 )
 from processor.app import build_engine
+from processor.codec import Codec
+from processor.observe import serve
 from processor.reset import ResetRefused, Target, iso_datetime, render, reset
 from processor.runtime.task import Backoff
 from processor.simulation.runner import SimulationConfig, report, simulate
@@ -44,6 +46,16 @@ def duration(text: str) -> float:
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 100ms, 5s, 1h")
     return float(match[1]) * _UNITS[match[2]]
+
+
+def address(text: str) -> tuple[str, int] | None:
+    """'HOST:PORT' (port 0: any free port), or 'off'."""
+    if text == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT or 'off'")
+    return host or "127.0.0.1", int(port)
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -120,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=12,
         help="partitions of internal topics created now (default %(default)s)",
+    )
+    run.add_argument(
+        "--http",
+        type=address,
+        default=("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz, /readyz and /bundles/<id> here "
+        "(default 127.0.0.1:8080; 'off' to disable)",
     )
     run.add_argument(
         "--commit-interval",
@@ -223,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(demo)
     demo.add_argument("--state-dir", type=Path, default=Path(".local/state"))
     demo.add_argument("--partitions", type=int, default=12, help="default %(default)s")
+    demo.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="the processor's HTTP address (default %(default)s; 'off' to disable)",
+    )
     _simulation_args(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -310,12 +336,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_topics(admin, topics.outputs, "output")
     partitions = ensure_internal_topics(admin, topics, args.partitions)
     state_dir = args.state_dir / args.application_id
+    codec = Codec()
     engine = build_engine(
         bootstrap_servers=args.bootstrap_servers,
         topics=topics,
         instance_id=args.instance_id or instance_id(state_dir),
         state_dir=state_dir,
         client_config=dict(args.client_config),
+        codec=codec,
         commit_interval_s=args.commit_interval,
         backoff=Backoff(args.retry_backoff_min, args.retry_backoff_max, args.not_ready_deadline),
     )
@@ -329,7 +357,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         partitions,
         state_dir,
     )
-    engine.run()
+    try:
+        server = serve(engine, codec, *args.http) if args.http else None
+    except OSError as exc:
+        log.error(
+            "cannot serve HTTP on %s:%d (%s); pass --http HOST:PORT or --http off",
+            *args.http,
+            exc.strerror,
+        )
+        return 2
+    try:
+        engine.run()
+    finally:
+        if server is not None:
+            server.shutdown()
     return 0
 
 

@@ -145,7 +145,7 @@ class Deployment:
         """Arguments of `processor run` for this deployment."""
         args = ["run", "--bootstrap-servers", self.bootstrap, "--application-id", self.app]
         args += ["--state-dir", str(state_dir), "--instance-id", instance]
-        args += ["--partitions", str(self.partitions)]
+        args += ["--partitions", str(self.partitions), "--http", "127.0.0.1:0"]
         for default, name in self.topics.overrides.items():
             args += ["--topic", f"{default}={name}"]
         for key, value in FAST_GROUP.items():

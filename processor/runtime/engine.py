@@ -100,6 +100,7 @@ class Engine:
         self._route_positions: dict[tuple[str, int], int] = {}
         self.stats = Stats()
         self.ready = threading.Event()  # set once the first assignment is restored
+        self.last_loop_at = time.monotonic()  # liveness: the loop is not stuck
         self._stopping = threading.Event()
         self._tasks: dict[int, Task] = {}
         common = {"bootstrap.servers": config.bootstrap_servers, **config.client_config}
@@ -167,6 +168,21 @@ class Engine:
     def assigned_partitions(self) -> set[int]:
         return set(self._tasks)
 
+    @property
+    def held_partitions(self) -> int:
+        """Source partitions waiting on a not-ready record."""
+        return sum(len(task.waiting) for task in list(self._tasks.values()))
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The committed state of `key`, if one of this instance's tasks holds it.
+        Safe from another thread: RocksDB reads are; a store closing under a
+        rebalance raises, and the caller retries."""
+        for task in list(self._tasks.values()):
+            value = task.store.get(key)
+            if value is not None:
+                return value
+        return None
+
     def _close(self) -> None:
         try:
             self._consumer.close()  # revokes (commits nothing more) and leaves the group
@@ -183,6 +199,7 @@ class Engine:
     # --- the loop ----------------------------------------------------------------
 
     def _poll_once(self) -> None:
+        self.last_loop_at = time.monotonic()
         messages = self._consumer.consume(self.config.batch_size, timeout=self._poll_timeout())
         batches: dict[int, list[InputRecord]] = defaultdict(list)
         to_route: list[InputRecord] = []

@@ -68,7 +68,8 @@ def test_demo_runs_the_processor_and_the_simulation_and_passes(
     result = subprocess.run(
         [sys.executable, "-m", "processor", "demo", "--bootstrap-servers", kafka_bootstrap,
          "--application-id", deployment.app, "--state-dir", str(tmp_path / "demo"),
-         "--partitions", "3", "--bundles", "30", "--rate", "30", "--no-progress", *overrides],
+         "--partitions", "3", "--http", "127.0.0.1:0", "--bundles", "30", "--rate", "30",
+         "--no-progress", *overrides],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 

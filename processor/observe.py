@@ -1,0 +1,131 @@
+"""Prometheus metrics, health, readiness and one bundle's state, over HTTP.
+
+GET /metrics   Prometheus text format (counters read from the engine at scrape time)
+GET /healthz   200 while the processing loop turns, 503 when it is stuck
+GET /readyz    200 once partitions are assigned and restored, 503 before
+GET /bundles/<vip_bundle_id>   the bundle's committed state as JSON, if this instance owns it
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, fields
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from processor.codec import Codec
+from processor.domain.messages import VipBundle
+from processor.runtime.engine import Engine, Stats
+
+log = logging.getLogger(__name__)
+
+STUCK_AFTER_S = 60.0
+_HELP = {
+    "processed": "records whose outcome changed state and was committed",
+    "skipped": "records ignored by the saga (duplicates, after finalization)",
+    "forwarded": "input events routed to a repartition topic",
+    "not_routed": "input events of no VIP bundle, skipped by the route stage",
+    "retried": "not-ready attempts (each one holds its partition and retries later)",
+    "dead_lettered": "records sent to the dead-letter queue",
+    "restored": "changelog records restored into local stores",
+    "transactions": "committed transactions",
+    "aborted": "aborted transactions",
+}
+
+
+class EngineCollector:
+    """Reads the engine's counters when scraped: nothing on the processing path."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._engine.stats
+        for f in fields(Stats):
+            counter = CounterMetricFamily(f"vip_bundle_{f.name}", _HELP.get(f.name, f.name))
+            counter.add_metric([], getattr(stats, f.name))
+            yield counter
+        yield GaugeMetricFamily(
+            "vip_bundle_assigned_partitions",
+            "tasks (partitions) this instance owns",
+            value=len(self._engine.assigned_partitions),
+        )
+        yield GaugeMetricFamily(
+            "vip_bundle_held_partitions",
+            "source partitions held at a not-ready record",
+            value=self._engine.held_partitions,
+        )
+        yield GaugeMetricFamily(
+            "vip_bundle_seconds_since_loop",
+            "seconds since the processing loop last turned",
+            value=time.monotonic() - self._engine.last_loop_at,
+        )
+
+
+def _jsonable(state: VipBundle) -> dict[str, object]:
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v
+        for k, v in asdict(state).items()
+    }
+
+
+def serve(engine: Engine, codec: Codec, host: str, port: int) -> ThreadingHTTPServer:
+    """Starts the server in a daemon thread; `server.server_address` has the port."""
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(engine))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                stuck = time.monotonic() - engine.last_loop_at > STUCK_AFTER_S
+                self._json(503 if stuck else 200, {"alive": not stuck})
+            elif path == "/readyz":
+                ready = engine.ready.is_set()
+                partitions = sorted(engine.assigned_partitions)
+                self._json(200 if ready else 503, {"ready": ready, "partitions": partitions})
+            elif path.startswith("/bundles/"):
+                self._bundle(path.removeprefix("/bundles/"))
+            else:
+                self._json(404, {"error": f"no such endpoint: {path}"})
+
+        def _bundle(self, bundle_id: str) -> None:
+            try:
+                raw = engine.lookup(bundle_id.encode())
+            except Exception:  # a store closed by a rebalance: ask again
+                self._json(503, {"error": "rebalancing, retry"})
+                return
+            if raw is None:
+                self._json(404, {"error": f"bundle {bundle_id} is not in this instance's state"})
+                return
+            self._json(200, _jsonable(codec.decode(raw, VipBundle)))
+
+        def _json(self, status: int, body: object) -> None:
+            self._send(status, json.dumps(body).encode(), "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("http: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    log.info(
+        "HTTP on http://%s:%d (/metrics /healthz /readyz /bundles/<id>)", *server.server_address[:2]
+    )
+    return server

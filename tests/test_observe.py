@@ -1,0 +1,60 @@
+"""Metrics, health, readiness and bundle state over HTTP, on a live engine."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from processor.codec import Codec
+from processor.observe import serve
+from tests.factories import BundleStory
+from tests.harness import Deployment
+
+pytestmark = pytest.mark.integration
+
+
+def get(base: str, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_metrics_health_readiness_and_bundle_state(kafka_bootstrap: str, tmp_path: Path) -> None:
+    deployment = Deployment(kafka_bootstrap, tmp_path)
+    story = BundleStory(seed=f"{deployment.app}/observed", tickets=2)
+    deployment.publish(story.initialized(), story.booking_made(), story.confirmed(1))
+    running = deployment.start()
+    server = serve(running.engine, Codec(), "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        deployment.read(until=lambda got: len(got) == 2)  # BookShowTickets, BookFlight
+
+        assert get(base, "/healthz")[0] == 200
+        status, ready = get(base, "/readyz")
+        assert status == 200 and json.loads(ready)["partitions"] == [0, 1, 2]
+
+        status, body = get(base, f"/bundles/{story.vip_bundle_id}")
+        assert status == 200
+        bundle = json.loads(body)
+        assert bundle["vip_bundle_id"] == story.vip_bundle_id
+        assert bundle["booking_made_at"] == story.booking_made().header.published_at.isoformat()
+        assert bundle["ticket_ids"] == [story.ticket_ids[1]]
+        assert bundle["is_finalized"] is False
+
+        assert get(base, "/bundles/00000000-0000-4000-8000-000000000000")[0] == 404
+        assert get(base, "/nope")[0] == 404
+
+        status, metrics = get(base, "/metrics")
+        assert status == 200
+        assert "vip_bundle_forwarded_total 3.0" in metrics
+        assert "vip_bundle_processed_total 3.0" in metrics
+        assert "vip_bundle_assigned_partitions 3.0" in metrics
+    finally:
+        server.shutdown()
+        running.stop()
