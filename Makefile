@@ -35,9 +35,14 @@ kafka-status: install  ## is the local broker running?
 test: install kafka-fetch lint  ## every test; the fixtures start the broker they need
 	$(PY) -m pytest
 
-run: kafka-up  ## the main job on the local broker
-	@echo "Local broker is up at $$($(PY) -m processor.localkafka bootstrap)."
-	@echo "The processor and the simulator join here in later issues."
+# `make run RUN_ARGS="--bundles 5000 --rate 100"` sizes the demo.
+RUN_ARGS ?= --bundles 1000 --rate 25
+
+run: install kafka-fetch  ## the demo: local broker + processor + simulated services (~1 min)
+	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then $(PY) -m processor.localkafka up; fi
+	$(PY) -m processor demo \
+	  --bootstrap-servers "$${KAFKA_BOOTSTRAP_SERVERS:-$$($(PY) -m processor.localkafka bootstrap)}" \
+	  $(RUN_ARGS)
 
 clean: kafka-down  ## stop the broker and remove local data (keeps the jar cache)
 	rm -rf .local/kafka/data .local/kafka/logs

@@ -123,7 +123,7 @@ class Deployment:
             topics=self.topics,
             instance_id=instance,
             state_dir=self.state_root / instance,
-            client_config=FAST_GROUP,
+            consumer_config=FAST_GROUP,
             codec=codec,
             **changes,
         )

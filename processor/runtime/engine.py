@@ -61,7 +61,8 @@ class EngineConfig:
     state_dir: Path
     commit_interval_s: float = 0.1
     backoff: Backoff = field(default_factory=Backoff)
-    client_config: Mapping[str, str] = field(default_factory=dict)
+    client_config: Mapping[str, str] = field(default_factory=dict)  # every client
+    consumer_config: Mapping[str, str] = field(default_factory=dict)  # the group consumer's
     batch_size: int = 500
     route_topics: tuple[str, ...] = ()  # stateless: any partition count
 
@@ -115,6 +116,7 @@ class Engine:
                 # A new application id starts from the beginning, as Kafka Streams does.
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "range",
+                **config.consumer_config,
             }
         )
         self._restorer = Consumer(

@@ -136,7 +136,7 @@ def simulate(config: SimulationConfig, console: Console | None = None) -> Result
     return Result(
         plans=services.plans,
         observed=observed,
-        problems=violations(services.plans, observed)
+        problems=violations(services.plans, observed, services.ordinary_references)
         + ([f"timed out after {config.timeout_s:.0f}s"] if timed_out else []),
         events_sent=sent,
         ordinary_bookings=services.ordinary,

@@ -74,6 +74,7 @@ class Services:
         self._plan_of_booking: dict[str, Plan] = {}
         self._late: dict[str, list[TicketBookingConfirmedV1]] = {}  # held until the flight result
         self.ordinary = 0
+        self.ordinary_references: set[str] = set()  # flight references of no bundle
         self.commands_answered = 0
 
     # --- what the outside world starts ----------------------------------------------
@@ -104,13 +105,14 @@ class Services:
     def _ordinary_booking(self, now: float) -> list[Scheduled]:
         """A booking that is no VIP bundle's: the processor must leave it alone."""
         self.ordinary += 1
-        booking = self._uuid()
+        booking, reference = self._uuid(), self._uuid()
+        self.ordinary_references.add(reference)
         events: list[Event] = [
             BookingMadeV1(self._header(), 1, booking, "someone@example.com", self._uuid()),
             TicketBookingConfirmedV1(
                 self._header(), self._uuid(), "someone@example.com", Money("50.00", "EUR"), booking
             ),
-            FlightBookingFailedV1(self._header(), self._uuid(), "no seats", self._uuid()),
+            FlightBookingFailedV1(self._header(), self._uuid(), "no seats", reference),
         ]
         return [s for e in events for s in self._send(now, e)]
 

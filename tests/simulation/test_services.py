@@ -113,6 +113,22 @@ def test_checker_names_every_kind_of_violation() -> None:
     ]
 
 
+def test_outputs_for_ordinary_bookings_are_violations_and_other_runs_bundles_are_not() -> None:
+    services = Services(Knobs(ordinary_booking_rate=1, duplicate_rate=0))
+    init = [
+        s.event for s in services.new_bundle(0.0) if isinstance(s.event, VipBundleInitializedV1)
+    ]
+    [reference] = services.ordinary_references
+    observed = Observed()
+    observed.record(FlightBookingFailedV1(init[0].header, "f", "x", reference), reference)
+    observed.record(init[0], "some-other-runs-bundle")
+
+    found = violations(services.plans, observed, services.ordinary_references)
+
+    assert f"output for ordinary booking reference {reference}" in found
+    assert not any("some-other-runs-bundle" in v for v in found)
+
+
 def run_world(seed: int, bundles: int, knobs: Knobs) -> tuple[Services, Observed]:
     """The services against the pure saga as the processor: no Kafka, same rules.
     Not-ready events wait for the next state change of their bundle."""
