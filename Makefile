@@ -43,6 +43,7 @@ run: install kafka-fetch  ## the demo: local broker + processor + simulated serv
 	$(PY) -m processor demo \
 	  --bootstrap-servers "$${KAFKA_BOOTSTRAP_SERVERS:-$$($(PY) -m processor.localkafka bootstrap)}" \
 	  $(RUN_ARGS)
+	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then echo "The broker keeps running: make kafka-down stops it."; fi
 
 clean: kafka-down  ## stop the broker and remove local data (keeps the jar cache)
 	rm -rf .local/kafka/data .local/kafka/logs
