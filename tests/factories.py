@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from processor.domain.messages import (
     BookingFailedV1,
     BookingMadeV1,
+    Event,
     FlightBookedV1,
     FlightBookingFailedV1,
     MessageHeader,
@@ -18,6 +19,7 @@ from processor.domain.messages import (
 )
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+OUTCOMES = ("booking_failed", "flight_booked", "flight_failed")
 
 
 def _id(rng_name: str) -> str:
@@ -103,6 +105,13 @@ class BundleStory:
             flight_tickets_ids=tuple(_id(f"{self.seed}/seat/{i}") for i in range(self.tickets)),
             reference_id=self.vip_bundle_id,
         )
+
+    def history(self, outcome: str) -> list[Event]:
+        """What the services publish for this bundle, in causal order, for one of OUTCOMES."""
+        if outcome == "booking_failed":
+            return [self.initialized(), self.booking_failed()]
+        result = self.flight_booked() if outcome == "flight_booked" else self.flight_failed()
+        return [self.initialized(), self.booking_made(), *self.all_confirmed(), result]
 
     def flight_failed(self) -> FlightBookingFailedV1:
         return FlightBookingFailedV1(

@@ -10,6 +10,7 @@ import itertools
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from processor.admin import TopicSpec, create_topics, ensure_internal_topics
 from processor.app import build_engine
 from processor.codec import Codec
 from processor.domain.messages import Event, bundle_id_of
+from processor.domain.saga import Apply, decide
 from processor.runtime.engine import Engine
 from processor.topology import Topics
 
@@ -245,6 +247,26 @@ class Deployment:
             return tp.offset
         finally:
             consumer.close()
+
+
+Expected = Counter[tuple[str, str, object]]  # (topic, key, message) -> how many
+
+
+def expected_outputs(topics: Topics, events: Iterable[Event]) -> Expected:
+    """What the pure saga publishes for `events` fed in this order."""
+    state = None
+    expected: Expected = Counter()
+    for event in events:
+        decision = decide(state, event)
+        assert isinstance(decision, Apply), decision
+        state = decision.state
+        for out in decision.outputs:
+            expected[(topics.output(out), out.key, out.message)] += 1
+    return expected
+
+
+def observed(received: Iterable[Received]) -> Expected:
+    return Counter((r.topic, r.key, r.message) for r in received)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:

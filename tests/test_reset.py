@@ -19,9 +19,8 @@ from processor.admin import ensure_internal_topics, partition_counts
 from processor.reset import KEEP, Target, commit, committed, forget_offsets, target_offsets
 from processor.topology import Topics
 from tests.conftest import TopicFactory
-from tests.factories import BundleStory
-from tests.harness import Deployment, RunningEngine
-from tests.test_routing import OUTCOMES, expected_of, history, observed
+from tests.factories import OUTCOMES, BundleStory
+from tests.harness import Deployment, RunningEngine, expected_outputs, observed
 
 pytestmark = pytest.mark.integration
 
@@ -100,8 +99,8 @@ def test_a_reset_to_earliest_replays_every_output_identically(
     topics = deployment.topics
     expected: Counter[tuple[str, str, object]] = Counter()
     for n in range(3):
-        events = history(BundleStory(seed=f"{deployment.app}/{n}", tickets=2), OUTCOMES[n])
-        expected += expected_of(topics, events)
+        events = BundleStory(seed=f"{deployment.app}/{n}", tickets=2).history(OUTCOMES[n])
+        expected += expected_outputs(topics, events)
         deployment.publish(*events)
     running = start(deployment)
     first = deployment.read(until=lambda got: len(got) >= sum(expected.values()))
@@ -173,10 +172,10 @@ def test_by_duration_moves_offsets_to_now_minus_it(kafka_bootstrap: str, tmp_pat
 def test_dry_run_changes_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
     deployment = Deployment(kafka_bootstrap, tmp_path)
     story = BundleStory(seed=f"{deployment.app}/dry", tickets=1)
-    events = history(story, "flight_booked")
+    events = story.history("flight_booked")
     deployment.publish(*events)
     running = start(deployment)
-    expected = expected_of(deployment.topics, events)
+    expected = expected_outputs(deployment.topics, events)
     deployment.read(until=lambda got: len(got) >= sum(expected.values()))
     running.stop()
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})

@@ -14,38 +14,11 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from processor.admin import TopicSpec, create_topics
-from processor.domain.messages import Event
-from processor.domain.saga import Apply, decide
 from processor.topology import Topics
-from tests.factories import BundleStory
-from tests.harness import Deployment, Received
+from tests.factories import OUTCOMES, BundleStory
+from tests.harness import Deployment, expected_outputs, observed
 
 pytestmark = pytest.mark.integration
-
-OUTCOMES = ("flight_booked", "booking_failed", "flight_failed")
-
-
-def history(story: BundleStory, outcome: str) -> list[Event]:
-    if outcome == "booking_failed":
-        return [story.initialized(), story.booking_failed()]
-    result = story.flight_booked() if outcome == "flight_booked" else story.flight_failed()
-    return [story.initialized(), story.booking_made(), *story.all_confirmed(), result]
-
-
-def expected_of(topics: Topics, events: list[Event]) -> Counter[tuple[str, str, object]]:
-    state = None
-    expected: Counter[tuple[str, str, object]] = Counter()
-    for event in events:
-        decision = decide(state, event)
-        assert isinstance(decision, Apply), decision
-        state = decision.state
-        for out in decision.outputs:
-            expected[(topics.output(out), out.key, out.message)] += 1
-    return expected
-
-
-def observed(received: list[Received]) -> Counter[tuple[str, str, object]]:
-    return Counter((r.topic, r.key, r.message) for r in received)
 
 
 def random_key(rng: random.Random) -> str | None:
@@ -60,8 +33,8 @@ def test_every_outcome_exactly_once_from_randomly_keyed_inputs_of_other_partitio
     stories = [BundleStory(seed=f"{deployment.app}/{n}", tickets=1 + n % 3) for n in range(9)]
     expected: Counter[tuple[str, str, object]] = Counter()
     for n, story in enumerate(stories):
-        events = history(story, OUTCOMES[n % 3])
-        expected += expected_of(deployment.topics, events)
+        events = story.history(OUTCOMES[n % 3])
+        expected += expected_outputs(deployment.topics, events)
         for event in events:
             deployment.publish(event, key=random_key(rng))
 
@@ -87,12 +60,12 @@ def test_ordinary_bookings_are_skipped_and_counted_without_output_or_dlq(
         ordinary.flight_booked(),  # a flight whose reference is no VIP bundle
         ordinary.flight_failed(),
     ]
-    vip_events = history(vip, "flight_failed")
+    vip_events = vip.history("flight_failed")
     for pair in itertools.zip_longest(non_vip, vip_events):
         deployment.publish(*(e for e in pair if e is not None))
 
     running = deployment.start()
-    expected = expected_of(deployment.topics, vip_events)
+    expected = expected_outputs(deployment.topics, vip_events)
     received = deployment.read(until=lambda got: len(got) >= sum(expected.values()))
     running.stop()
 
@@ -113,8 +86,8 @@ def test_a_lagging_index_catches_up_before_anything_is_skipped(
     stories = [BundleStory(seed=f"{deployment.app}/{n}", tickets=2) for n in range(4)]
     expected: Counter[tuple[str, str, object]] = Counter()
     for n, story in enumerate(stories):
-        events = history(story, OUTCOMES[n % 3])
-        expected += expected_of(deployment.topics, events)
+        events = story.history(OUTCOMES[n % 3])
+        expected += expected_outputs(deployment.topics, events)
         deployment.publish(*events)
 
     received = deployment.read(until=lambda got: len(got) >= sum(expected.values()))
@@ -133,8 +106,8 @@ def test_a_replay_from_earliest_is_complete_and_identical_across_application_ids
     expected: Counter[tuple[str, str, object]] = Counter()
     late_initializations = []
     for n, story in enumerate(stories):
-        events = history(story, OUTCOMES[n % 3])
-        expected += expected_of(first.topics, events)
+        events = story.history(OUTCOMES[n % 3])
+        expected += expected_outputs(first.topics, events)
         # Everything but the initialization first: the worst order a replay can see.
         first.publish(*events[1:])
         late_initializations.append(events[0])

@@ -17,17 +17,7 @@ from processor.domain.messages import (
     VipBundleFinalizedV1,
 )
 from processor.domain.saga import Apply, Ignore, NotReady, decide
-from tests.factories import BundleStory
-
-OUTCOMES = ("booking_failed", "flight_booked", "flight_failed")
-
-
-def history(story: BundleStory, outcome: str) -> list[Event]:
-    """What the services publish for one bundle, in causal order."""
-    if outcome == "booking_failed":
-        return [story.initialized(), story.booking_failed()]
-    result = story.flight_booked() if outcome == "flight_booked" else story.flight_failed()
-    return [story.initialized(), story.booking_made(), *story.all_confirmed(), result]
+from tests.factories import OUTCOMES, BundleStory
 
 
 def replay(events: list[Event]) -> tuple[VipBundle | None, list[Message]]:
@@ -57,7 +47,7 @@ def replay(events: list[Event]) -> tuple[VipBundle | None, list[Message]]:
 def delivered(draw: st.DrawFn) -> tuple[BundleStory, str, list[Event]]:
     story = BundleStory(seed=f"prop-{draw(st.integers(0, 3))}", tickets=draw(st.integers(1, 4)))
     outcome = draw(st.sampled_from(OUTCOMES))
-    events = history(story, outcome)
+    events = story.history(outcome)
     redelivered = draw(st.lists(st.sampled_from(events), max_size=len(events)))
     return story, outcome, draw(st.permutations(events + redelivered))
 
@@ -88,7 +78,7 @@ def test_outputs_do_not_depend_on_order_or_run(case: tuple[BundleStory, str, lis
 
     first = replay(events)
     second = replay(list(events))
-    in_order = replay(history(story, outcome))
+    in_order = replay(story.history(outcome))
 
     assert first == second
     assert Counter(first[1]) == Counter(in_order[1])

@@ -14,11 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from processor.domain.messages import Event, RefundTicket, VipBundleFinalizedV1
-from processor.domain.saga import Apply, decide
+from processor.domain.messages import RefundTicket, VipBundleFinalizedV1
 from processor.runtime.task import Backoff
 from tests.factories import BundleStory
-from tests.harness import Deployment, Received, partition_of, wait_for
+from tests.harness import (
+    Deployment,
+    Received,
+    expected_outputs,
+    observed,
+    partition_of,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,23 +32,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def deployment(kafka_bootstrap: str, tmp_path: Path) -> Deployment:
     return Deployment(kafka_bootstrap, tmp_path / "state", partitions=3)
-
-
-def expected_outputs(deployment: Deployment, *events: Event) -> Counter[tuple[str, str, object]]:
-    """What the pure saga emits for events fed in this order: (topic, key, message)."""
-    state = None
-    expected: Counter[tuple[str, str, object]] = Counter()
-    for event in events:
-        decision = decide(state, event)
-        assert isinstance(decision, Apply), decision
-        state = decision.state
-        for out in decision.outputs:
-            expected[(deployment.topics.output(out), out.key, out.message)] += 1
-    return expected
-
-
-def observed(received: list[Received]) -> Counter[tuple[str, str, object]]:
-    return Counter((r.topic, r.key, r.message) for r in received)
 
 
 def finals_of(received: list[Received], story: BundleStory) -> list[VipBundleFinalizedV1]:
@@ -71,7 +60,7 @@ def test_each_saga_outcome_yields_its_outputs_exactly_once(deployment: Deploymen
     expected: Counter[tuple[str, str, object]] = Counter()
     for history in histories:
         deployment.send(*history)
-        expected += expected_outputs(deployment, *history)
+        expected += expected_outputs(deployment.topics, history)
 
     running = deployment.start()
     received = deployment.read(until=lambda got: len(got) >= sum(expected.values()))
@@ -183,7 +172,7 @@ def test_a_killed_instance_leaves_nothing_of_its_open_transaction_and_a_restart_
         history = [story.initialized(), story.booking_made(), *story.all_confirmed()]
         history.append(story.flight_failed())
         deployment.send(*history)
-        expected += expected_outputs(deployment, *history)
+        expected += expected_outputs(deployment.topics, history)
     state = tmp_path / "crash-state"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # A commit interval far longer than the test: the transaction stays open.
@@ -235,13 +224,7 @@ def test_two_instances_split_the_partitions_and_one_finishes_the_others_bundles(
     expected: Counter[tuple[str, str, object]] = Counter()
     for story in stories:
         deployment.send(story.flight_failed(), story.confirmed(1))
-        expected += expected_outputs(
-            deployment,
-            story.initialized(),
-            story.booking_made(),
-            *story.all_confirmed(),
-            story.flight_failed(),
-        )
+        expected += expected_outputs(deployment.topics, story.history("flight_failed"))
     received = deployment.read(until=lambda got: len(got) >= sum(expected.values()))
     a.stop()
     assert observed(received) == expected
