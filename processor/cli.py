@@ -73,9 +73,9 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--application-id",
-        default=DEFAULT_APPLICATION_ID,
+        default=os.environ.get("VIP_APPLICATION_ID", DEFAULT_APPLICATION_ID),
         help="consumer group and prefix of internal topics; a new one starts from the "
-        "earliest offsets (default %(default)s)",
+        "earliest offsets (env VIP_APPLICATION_ID; default %(default)s)",
     )
     parser.add_argument(
         "-X",
@@ -101,6 +101,16 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("VIP_STATE_DIR", ".local/state")),
+        help="where the RocksDB stores live, under <state-dir>/<application-id> "
+        "(env VIP_STATE_DIR; default %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="processor",
@@ -118,15 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(run)
     run.add_argument(
         "--instance-id",
-        help="stable id of this instance; its transactional.id is <application-id>-<id>. "
-        "Default: an id kept in the state dir, so a restart reuses it",
+        default=os.environ.get("VIP_INSTANCE_ID"),
+        help="stable id of this instance; its transactional.id is <application-id>-<id> "
+        "(env VIP_INSTANCE_ID). Default: an id kept in the state dir, so a restart reuses it",
     )
-    run.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(".local/state"),
-        help="where the RocksDB stores live (default %(default)s)",
-    )
+    _state_dir_arg(run)
     run.add_argument(
         "--partitions",
         type=int,
@@ -136,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--http",
         type=address,
-        default=("127.0.0.1", 8080),
+        default=os.environ.get("VIP_HTTP", "127.0.0.1:8080"),
         metavar="HOST:PORT",
         help="serve /metrics, /healthz, /readyz and /bundles/<id> here "
-        "(default 127.0.0.1:8080; 'off' to disable)",
+        "(env VIP_HTTP; default %(default)s; 'off' to disable)",
     )
     run.add_argument(
         "--commit-interval",
@@ -191,12 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "silently.",
     )
     _connection_args(replay)
-    replay.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(".local/state"),
-        help="where the RocksDB stores live, as given to run (default %(default)s)",
-    )
+    _state_dir_arg(replay)
     to = replay.add_argument_group("where the input offsets go").add_mutually_exclusive_group()
     to.add_argument("--to-earliest", action="store_true", help="to the log start (default)")
     to.add_argument(
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The whole thing on one broker: what `make run` runs.",
     )
     _connection_args(demo)
-    demo.add_argument("--state-dir", type=Path, default=Path(".local/state"))
+    _state_dir_arg(demo)
     demo.add_argument("--partitions", type=int, default=12, help="default %(default)s")
     demo.add_argument(
         "--http",
@@ -434,6 +435,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         str(args.partitions),
         "--log-level",
         args.log_level,
+        "--http",
+        args.http,
     ]
     forwarded += [f"-X{k}={v}" for k, v in args.client_config]
     forwarded += [f"--topic={k}={v}" for k, v in args.topic_overrides]

@@ -76,3 +76,6 @@ def test_demo_runs_the_processor_and_the_simulation_and_passes(
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PASS" in result.stdout
     assert "30 finalized" in result.stdout
+    log = (tmp_path / "demo" / "processor.log").read_text()
+    assert "HTTP on http://127.0.0.1:" in log
+    assert "HTTP on http://127.0.0.1:8080 " not in log  # --http reached the processor
