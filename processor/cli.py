@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the transaction commits (default 100ms)",
     )
     run.add_argument(
+        "--commit-timeout",
+        type=duration,
+        default=60.0,
+        help="a commit that takes longer is given up: a new producer fences and aborts its "
+        "transaction, and processing resumes from the committed offsets (default 60s)",
+    )
+    run.add_argument(
         "--retry-backoff-min",
         type=duration,
         default=0.1,
@@ -346,6 +353,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         client_config=dict(args.client_config),
         codec=codec,
         commit_interval_s=args.commit_interval,
+        commit_timeout_s=args.commit_timeout,
         backoff=Backoff(args.retry_backoff_min, args.retry_backoff_max, args.not_ready_deadline),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,11 +7,16 @@ task which changelog offset its newly committed state reflects.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.runtime.handler import OutputRecord
+
+
+class CommitStuck(Exception):
+    """The commit neither succeeded nor failed in time."""
 
 
 class Checkpoint:
@@ -84,6 +89,30 @@ class Checkpoint:
             raise KafkaException(self._failed[0])
         self.is_open = False
         return {p: o + 1 for p, o in self._changelog_offsets.items()}
+
+    def commit_within(
+        self, offsets: list[TopicPartition], group_metadata: object, timeout_s: float
+    ) -> dict[int, int]:
+        """`commit`, given up after `timeout_s`: librdkafka's send_offsets_to_transaction
+        can hang for good after its group coordinator went away, whatever its timeout
+        (librdkafka issues #5511 and #5456). Raises CommitStuck then; the caller must
+        replace the producer, whose successor fences and aborts the stuck transaction."""
+        outcome: list[dict[int, int] | BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(self.commit(offsets, group_metadata))
+            except BaseException as exc:  # handed to the calling thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run, name="commit", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if not outcome:
+            raise CommitStuck(f"transaction commit did not return within {timeout_s:.0f}s")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     def abort(self) -> None:
         if self.is_open:

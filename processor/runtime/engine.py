@@ -27,7 +27,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from processor.runtime.checkpoint import Checkpoint
+from processor.runtime.checkpoint import Checkpoint, CommitStuck
 from processor.runtime.dlq import NotReadyTooLong, dead_letter
 from processor.runtime.global_table import GlobalTable
 from processor.runtime.handler import (
@@ -64,6 +64,7 @@ class EngineConfig:
     client_config: Mapping[str, str] = field(default_factory=dict)  # every client
     consumer_config: Mapping[str, str] = field(default_factory=dict)  # the group consumer's
     batch_size: int = 500
+    commit_timeout_s: float = 60.0  # a commit stuck longer: new producer, rewind
     route_topics: tuple[str, ...] = ()  # stateless: any partition count
 
     @property
@@ -124,21 +125,22 @@ class Engine:
                 **common,
                 "group.id": f"{config.application_id}-restore",
                 "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",  # a stored offset below retention
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
             }
         )
-        self._producer = Producer(
-            {
-                **common,
-                "transactional.id": config.transactional_id,
-                "client.id": config.transactional_id,
-                "linger.ms": 5,
-                # Java's default partitioner: keys land where Kafka Streams would put them.
-                "partitioner": "murmur2_random",
-                "transaction.timeout.ms": 10_000,
-            }
-        )
+        self._producer_config = {
+            **common,
+            "transactional.id": config.transactional_id,
+            "client.id": config.transactional_id,
+            "linger.ms": 5,
+            # Java's default partitioner: keys land where Kafka Streams would put them.
+            "partitioner": "murmur2_random",
+            "transaction.timeout.ms": 10_000,
+        }
+        self._producer = Producer(self._producer_config)
+        self._abandoned: list[Producer] = []  # stuck in a call: kept alive, never used
         self._admin = AdminClient(common)
         self._checkpoint = Checkpoint(self._producer, config.changelog_topic)
 
@@ -334,10 +336,19 @@ class Engine:
         backoff = 0.1
         while True:
             try:
-                changelog_ends = self._checkpoint.commit(
-                    offsets, self._consumer.consumer_group_metadata()
+                changelog_ends = self._checkpoint.commit_within(
+                    offsets, self._consumer.consumer_group_metadata(), self.config.commit_timeout_s
                 )
                 break
+            except CommitStuck as exc:
+                log.error(
+                    "%s; replacing the producer (it fences and aborts that transaction) "
+                    "and reprocessing from the committed offsets",
+                    exc,
+                )
+                self._replace_producer()
+                self._rewind()
+                return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.retriable() and not self._stopping.is_set():
@@ -359,8 +370,19 @@ class Engine:
             self._commit()
 
     def _abort_and_rewind(self) -> None:
-        """Drops what the transaction staged and seeks back to the committed offsets."""
         self._checkpoint.abort()
+        self._rewind()
+
+    def _replace_producer(self) -> None:
+        """A new producer with the same transactional.id: init_transactions fences the
+        stuck one and aborts its open transaction on the broker."""
+        self._abandoned.append(self._producer)
+        self._producer = Producer(self._producer_config)
+        self._producer.init_transactions(60)
+        self._checkpoint = Checkpoint(self._producer, self.config.changelog_topic)
+
+    def _rewind(self) -> None:
+        """Drops what the transaction staged and seeks back to the committed offsets."""
         self.stats.aborted += 1
         assigned = self._consumer.assignment()
         for tp in self._consumer.committed(assigned, timeout=30):
@@ -403,13 +425,23 @@ class Engine:
             self._commit_or_abort()
         except KafkaException as exc:
             log.warning("commit on revocation failed: %s", exc)
-            self._checkpoint.abort()
+            self._abort_quietly()
         self._drop_tasks(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member may own them already: nothing of ours may commit.
-        self._checkpoint.abort()
+        self._abort_quietly()
         self._drop_tasks(partitions)
+
+    def _abort_quietly(self) -> None:
+        """Abort, where a fenced (fatal) producer cannot: its transaction dies anyway."""
+        try:
+            self._checkpoint.abort()
+        except KafkaException as exc:
+            log.warning("abort failed: %s", exc)
+            self._checkpoint.is_open = False
+        for task in self._tasks.values():
+            task.aborted()
 
     def _drop_tasks(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

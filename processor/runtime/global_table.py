@@ -44,6 +44,7 @@ class GlobalTable:
                 **client_config,
                 "group.id": f"global-table-{topic}",  # required by the client; never committed
                 "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",  # a stored offset below retention
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
             }
@@ -68,9 +69,11 @@ class GlobalTable:
         for msg in messages:
             error = msg.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(error)
+                if error.fatal():
+                    raise KafkaException(error)
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("global table %s: %s", self.topic, error)
+                continue
             for key, value in self._extract(msg.value() or b""):
                 batch.put(key, value)
             self._positions[msg.partition()] = msg.offset() + 1

@@ -7,22 +7,49 @@ partition (the consumer's watermark query costs ~200 ms a partition here).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import Iterable
 
-from confluent_kafka import IsolationLevel, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
+
+log = logging.getLogger(__name__)
 
 Offsets = dict[tuple[str, int], int]
 
 
-def _list(admin: AdminClient, partitions: Iterable[tuple[str, int]], spec: OffsetSpec) -> Offsets:
+def _list(
+    admin: AdminClient,
+    partitions: Iterable[tuple[str, int]],
+    spec: OffsetSpec,
+    timeout_s: float = 120.0,
+) -> Offsets:
     request = {TopicPartition(t, p): spec for t, p in partitions}
     if not request:
         return {}
-    futures = admin.list_offsets(
-        request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=30
-    )
-    return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+    deadline = time.monotonic() + timeout_s
+    backoff = 0.1
+    while True:
+        futures = admin.list_offsets(
+            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=30
+        )
+        try:
+            return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+        except KafkaException as exc:
+            # Leader changes and a restarting broker answer with transient errors
+            # (FENCED_LEADER_EPOCH, NOT_LEADER...): wait them out, as the clients do.
+            error = exc.args[0]
+            if error.fatal() or time.monotonic() + backoff > deadline:
+                raise
+            log.warning("listing offsets failed, retrying: %s", error)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            # The admin client keeps stale leader epochs after a broker restart
+            # (FENCED_LEADER_EPOCH forever) until its metadata is refreshed.
+            with contextlib.suppress(KafkaException):
+                admin.list_topics(timeout=10)
 
 
 def end_offsets(admin: AdminClient, partitions: Iterable[tuple[str, int]]) -> Offsets:

@@ -56,9 +56,11 @@ def restore(
             for msg in consumer.consume(1000, timeout=0.5):
                 error = msg.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(error)
+                    if error.fatal():
+                        raise KafkaException(error)
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("restoring %s[%d]: %s", topic, partition, error)
+                    continue
                 changes[msg.key()] = msg.value()
                 restored += 1
             [now_at] = consumer.position([TopicPartition(topic, partition)])
