@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install lint test run kafka-fetch kafka-up kafka-down kafka-status clean
+.PHONY: help install lint test run bench kafka-fetch kafka-up kafka-down kafka-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -44,6 +44,9 @@ run: install kafka-fetch  ## the demo: local broker + processor + simulated serv
 	  --bootstrap-servers "$${KAFKA_BOOTSTRAP_SERVERS:-$$($(PY) -m processor.localkafka bootstrap)}" \
 	  $(RUN_ARGS)
 	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then echo "The broker keeps running: make kafka-down stops it."; fi
+
+bench: install kafka-fetch  ## throughput, ceiling, latency, restore, RSS -> .local/bench/ (BENCH_ARGS=--help)
+	$(PY) -m processor.bench $(BENCH_ARGS)
 
 clean: kafka-down  ## stop the broker and remove local data (keeps the jar cache)
 	rm -rf .local/kafka/data .local/kafka/logs

@@ -1,0 +1,5 @@
+import sys
+
+from processor.bench.cli import main
+
+sys.exit(main())
