@@ -117,6 +117,9 @@ class Engine:
                 # A new application id starts from the beginning, as Kafka Streams does.
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "range",
+                # librdkafka prefetches up to 64 MB into the one consumer queue: on a
+                # backlog the repartitioned records would wait behind all of it.
+                "queued.max.messages.kbytes": 2048,
                 **config.consumer_config,
             }
         )

@@ -53,7 +53,8 @@ def restore(
         while position < end:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"restoring {topic}[{partition}] stalled at {position}/{end}")
-            for msg in consumer.consume(1000, timeout=0.5):
+            # A short wait: consume() holds a partial batch for the whole timeout.
+            for msg in consumer.consume(1000, timeout=0.05):
                 error = msg.error()
                 if error is not None:
                     if error.fatal():
