@@ -97,7 +97,10 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
         "e.g. --topic events.BookingMade_v1=bookings.made",
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="DEBUG also logs every not-ready retry and skipped event (default %(default)s)",
     )
 
 
@@ -116,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="processor",
         description="VIP bundle process manager: an exactly-once Kafka stream processor "
         "running the VIP bundle saga (show tickets + inbound flight, refunds on failure).",
+        epilog="examples:\n"
+        "  processor topics create --all --partitions 12\n"
+        "  processor run --bootstrap-servers broker:9092 --state-dir /var/lib/vip\n"
+        "  processor simulate --bundles 500\n"
+        "  processor reset --to-datetime 2026-11-23T10:00:00Z\n"
+        "\n'processor COMMAND --help' shows every option of a command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -187,7 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the internal topics (and with --all the input and output topics)",
     )
     _connection_args(create)
-    create.add_argument("--partitions", type=int, default=12, help="default %(default)s")
+    create.add_argument(
+        "--partitions",
+        type=int,
+        default=12,
+        help="partitions of each new topic; existing internal topics keep theirs and must "
+        "agree (default %(default)s)",
+    )
     create.add_argument(
         "--all", action="store_true", help="also create missing input and output topics"
     )
