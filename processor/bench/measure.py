@@ -88,6 +88,21 @@ class Throughput:
     # (s since assignment, input events done[, input events routed]) every SAMPLE_EVERY_S
     samples: list[tuple[float, ...]] = field(default_factory=list)
 
+    @classmethod
+    def of(
+        cls, events: int, bundles: int, elapsed: float, startup: float, **counts: Any
+    ) -> Throughput:
+        """The rates derived from the counts, rounded for the report."""
+        return cls(
+            events=events,
+            bundles=bundles,
+            elapsed_s=round(elapsed, 3),
+            startup_s=round(startup, 3),
+            events_per_s=round(events / elapsed, 1),
+            bundles_per_s=round(bundles / elapsed, 1),
+            **counts,
+        )
+
 
 @dataclass
 class Latency:
@@ -470,13 +485,11 @@ class Bench:
         finally:
             passthrough.stop()
             tail.stop()
-        return Throughput(
-            events=self.inputs,
-            bundles=len(self.bundles),
-            elapsed_s=round(elapsed, 3),
-            startup_s=round(t0 - passthrough.started, 3),
-            events_per_s=round(self.inputs / elapsed, 1),
-            bundles_per_s=round(len(self.bundles) / elapsed, 1),
+        return Throughput.of(
+            self.inputs,
+            len(self.bundles),
+            elapsed,
+            t0 - passthrough.started,
             transactions=passthrough.transactions,
             output_records=counter.count,
             samples=samples,
@@ -523,13 +536,11 @@ class Bench:
             tail.stop()
         if stats.dead_lettered or stats.not_routed:
             raise BenchError(f"unexpected outcomes: {stats}")
-        return Throughput(
-            events=self.inputs,
-            bundles=len(self.bundles),
-            elapsed_s=round(elapsed, 3),
-            startup_s=round(t0 - running.started, 3),
-            events_per_s=round(self.inputs / elapsed, 1),
-            bundles_per_s=round(len(self.bundles) / elapsed, 1),
+        return Throughput.of(
+            self.inputs,
+            len(self.bundles),
+            elapsed,
+            t0 - running.started,
             transactions=stats.transactions,
             output_records=counter.count,
             retried=stats.retried,
