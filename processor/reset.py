@@ -20,6 +20,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaExcep
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from processor.admin import partition_counts, require_topics
+from processor.runtime.offsets import list_offsets
 from processor.topology import Topics
 
 log = logging.getLogger(__name__)
@@ -122,27 +123,22 @@ def forget_offsets(admin: AdminClient, group: str, topics: set[str], wait_s: flo
 # --- input offsets -----------------------------------------------------------------------
 
 
-def _list_offsets(admin: AdminClient, specs: dict[TopicPartition, OffsetSpec]) -> Offsets:
-    if not specs:
-        return {}
-    futures = admin.list_offsets(specs, request_timeout=30)
-    return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
-
-
 def target_offsets(admin: AdminClient, topics: Iterable[str], target: Target) -> Offsets:
     """The offset of `target` in every partition of `topics`: the log start, or the
     first record at or after the time (the end offset when there is none)."""
     metadata = admin.list_topics(timeout=30).topics
-    partitions = [TopicPartition(t, p) for t in topics for p in sorted(metadata[t].partitions)]
+    partitions = [(t, p) for t in topics for p in sorted(metadata[t].partitions)]
     if target.at is None:
         spec = OffsetSpec.earliest()
     else:
         # Whole milliseconds, rounded up: exact (no float), and never before `at`.
         spec = OffsetSpec.for_timestamp(-((EPOCH - target.at) // timedelta(milliseconds=1)))
-    offsets = _list_offsets(admin, dict.fromkeys(partitions, spec))
+    # Read committed, like the group: a record of a still-open transaction is not
+    # skipped by a reset that lands at the end.
+    offsets = list_offsets(admin, dict.fromkeys(partitions, spec))
     # ListOffsets answers -1 when no record is that recent: such a partition starts at its end.
-    past_end = [TopicPartition(t, p) for (t, p), o in offsets.items() if o < 0]
-    return offsets | _list_offsets(admin, dict.fromkeys(past_end, OffsetSpec.latest()))
+    past_end = [tp for tp, o in offsets.items() if o < 0]
+    return offsets | list_offsets(admin, dict.fromkeys(past_end, OffsetSpec.latest()))
 
 
 # --- topics and local state ---------------------------------------------------------

@@ -20,30 +20,32 @@ log = logging.getLogger(__name__)
 Offsets = dict[tuple[str, int], int]
 
 
-def _list(
+def list_offsets(
     admin: AdminClient,
-    partitions: Iterable[tuple[str, int]],
-    spec: OffsetSpec,
+    specs: dict[tuple[str, int], OffsetSpec],
+    isolation: IsolationLevel = IsolationLevel.READ_COMMITTED,
     timeout_s: float = 120.0,
 ) -> Offsets:
-    request = {TopicPartition(t, p): spec for t, p in partitions}
+    """ListOffsets for every partition in one request, retried through transient errors."""
+    request = {TopicPartition(t, p): spec for (t, p), spec in specs.items()}
     if not request:
         return {}
     deadline = time.monotonic() + timeout_s
     backoff = 0.1
     while True:
-        futures = admin.list_offsets(
-            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=30
-        )
+        futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=30)
         try:
             return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
         except KafkaException as exc:
-            # Leader changes and a restarting broker answer with transient errors
-            # (FENCED_LEADER_EPOCH, NOT_LEADER...): wait them out, as the clients do.
+            # Leader changes, a restarting broker and a just-created topic (its leader
+            # is in the metadata before the broker serves it) answer with transient
+            # errors (FENCED_LEADER_EPOCH, NOT_LEADER...): wait them out, as the clients do.
             error = exc.args[0]
             if error.fatal() or time.monotonic() + backoff > deadline:
                 raise
-            log.warning("listing offsets failed, retrying: %s", error)
+            # A new topic's first second of NOT_LEADER is routine; say so only if it lasts.
+            level = logging.WARNING if backoff >= 1.0 else logging.DEBUG
+            log.log(level, "listing offsets failed, retrying: %s", error)
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             # The admin client keeps stale leader epochs after a broker restart
@@ -53,8 +55,8 @@ def _list(
 
 
 def end_offsets(admin: AdminClient, partitions: Iterable[tuple[str, int]]) -> Offsets:
-    return _list(admin, partitions, OffsetSpec.latest())
+    return list_offsets(admin, dict.fromkeys(partitions, OffsetSpec.latest()))
 
 
 def start_offsets(admin: AdminClient, partitions: Iterable[tuple[str, int]]) -> Offsets:
-    return _list(admin, partitions, OffsetSpec.earliest())
+    return list_offsets(admin, dict.fromkeys(partitions, OffsetSpec.earliest()))

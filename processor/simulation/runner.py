@@ -9,12 +9,14 @@ import uuid
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from processor.codec import Codec
 from processor.domain.messages import Event
+from processor.runtime.offsets import end_offsets
 from processor.simulation.check import Observed, complete, summary, violations
 from processor.simulation.services import Knobs, Plan, Scheduled, Services
 from processor.topology import BUNDLE_HEADER, Topics
@@ -71,13 +73,10 @@ def simulate(config: SimulationConfig, console: Console | None = None) -> Result
     )
     outputs = config.topics.outputs
     # Start at today's ends: outputs of earlier runs are not this run's.
-    metadata = consumer.list_topics(timeout=30).topics
-    starts = []
-    for topic in outputs:
-        for p in metadata[topic].partitions:
-            _, end = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            starts.append(TopicPartition(topic, p, end))
-    consumer.assign(starts)
+    admin = AdminClient(common)
+    metadata = admin.list_topics(timeout=30).topics
+    ends = end_offsets(admin, ((t, p) for t in outputs for p in metadata[t].partitions))
+    consumer.assign([TopicPartition(t, p, end) for (t, p), end in ends.items()])
 
     services = Services(config.knobs, config.seed)
     observed = Observed()
