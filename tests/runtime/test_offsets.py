@@ -9,6 +9,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from processor.runtime.offsets import end_offsets, start_offsets
+from tests.harness import wait_for
 
 
 def test_the_end_is_the_last_stable_offset_not_the_high_watermark(
@@ -33,7 +34,8 @@ def test_the_end_is_the_last_stable_offset_not_the_high_watermark(
     assert start_offsets(admin, [(topic, 0)]) == {(topic, 0): 0}
 
     producer.commit_transaction(30)
-    assert end_offsets(admin, [(topic, 0)]) == {(topic, 0): 7}
+    # The coordinator writes the commit markers after EndTxn answers: the end moves soon.
+    wait_for(lambda: end_offsets(admin, [(topic, 0)]) == {(topic, 0): 7}, 30, "end past the commit")
 
 
 def test_topics_are_listed_as_soon_as_they_are_created(kafka_bootstrap: str, new_topic) -> None:
