@@ -23,7 +23,6 @@ Offsets = dict[tuple[str, int], int]
 def list_offsets(
     admin: AdminClient,
     specs: dict[tuple[str, int], OffsetSpec],
-    isolation: IsolationLevel = IsolationLevel.READ_COMMITTED,
     timeout_s: float = 120.0,
 ) -> Offsets:
     """ListOffsets for every partition in one request, retried through transient errors."""
@@ -33,7 +32,9 @@ def list_offsets(
     deadline = time.monotonic() + timeout_s
     backoff = 0.1
     while True:
-        futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=30)
+        futures = admin.list_offsets(
+            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=30
+        )
         try:
             return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
         except KafkaException as exc:
