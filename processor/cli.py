@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import platform
 import random
 import re
 import signal
@@ -12,8 +13,10 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
+import confluent_kafka
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
@@ -28,6 +31,8 @@ from processor.admin import (
 )
 from processor.app import build_engine
 from processor.codec import Codec
+from processor.connect import DEFAULT_CONNECT_TIMEOUT_S, KafkaUnreachable, wait_for_kafka
+from processor.logs import setup as setup_logging
 from processor.observe import serve
 from processor.reset import ResetRefused, Target, iso_datetime, render, reset
 from processor.runtime.parking import Backoff
@@ -36,6 +41,7 @@ from processor.simulation.services import Knobs
 from processor.topology import DEFAULT_APPLICATION_ID, Topics
 
 log = logging.getLogger("processor")
+DISTRIBUTION = "vip-bundle-process-manager"
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -97,10 +103,26 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
         "e.g. --topic events.BookingMade_v1=bookings.made",
     )
     parser.add_argument(
+        "--connect-timeout",
+        type=duration,
+        default=os.environ.get("VIP_CONNECT_TIMEOUT", f"{DEFAULT_CONNECT_TIMEOUT_S:g}s"),
+        metavar="DURATION",
+        help="at start-up, give up (exit 2) when no broker answers within this; once "
+        "started, broker outages are waited out (env VIP_CONNECT_TIMEOUT; default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="DEBUG also logs every not-ready retry and skipped event (default %(default)s)",
+        help="DEBUG also logs every not-ready retry and skipped event, and librdkafka's "
+        "debug lines when -X debug=... asks for them (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line (time, level, logger, message, exception) for log "
+        "shippers (default %(default)s)",
     )
 
 
@@ -127,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "\n'processor COMMAND --help' shows every option of a command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -286,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_text() -> str:
+    try:
+        ours = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        ours = "(not installed)"
+    return (
+        f"processor {ours} (confluent-kafka {metadata.version('confluent-kafka')}, "
+        f"librdkafka {confluent_kafka.libversion()[0]}, Python {platform.python_version()})"
+    )
+
+
 def _simulation_args(parser: argparse.ArgumentParser) -> None:
     knobs = Knobs()
     group = parser.add_argument_group("simulation")
@@ -346,7 +380,8 @@ def _topics(args: argparse.Namespace) -> Topics:
 
 
 def _admin(args: argparse.Namespace) -> AdminClient:
-    return AdminClient({"bootstrap.servers": args.bootstrap_servers, **dict(args.client_config)})
+    """An AdminClient once the brokers answer; KafkaUnreachable after --connect-timeout."""
+    return wait_for_kafka(args.bootstrap_servers, dict(args.client_config), args.connect_timeout)
 
 
 def instance_id(state_dir: Path) -> str:
@@ -367,6 +402,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_topics(admin, topics.inputs, "input")
     require_topics(admin, topics.outputs, "output")
     partitions = ensure_internal_topics(admin, topics, args.partitions)
+    # Nothing would poll it while the engine runs: its log lines would queue up unserved.
+    del admin
     state_dir = args.state_dir / args.application_id
     codec = Codec()
     engine = build_engine(
@@ -426,9 +463,10 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     target = Target.of(args.to_datetime, args.by_duration)
+    admin = _admin(args)
     try:
         rows = reset(
-            _admin(args),
+            admin,
             _topics(args),
             args.state_dir / args.application_id,
             target,
@@ -444,6 +482,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    _admin(args)  # the brokers answer, or exit 2 with why
     console = Console(stderr=True, quiet=args.no_progress)
     result = simulate(_simulation_config(args), console)
     report(result, Console())
@@ -468,6 +507,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         str(args.partitions),
         "--log-level",
         args.log_level,
+        "--log-format",
+        args.log_format,
+        "--connect-timeout",
+        f"{args.connect_timeout:g}s",
         "--http",
         args.http,
     ]
@@ -495,13 +538,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level, args.log_format)
     try:
         return args.func(args)
+    except KafkaUnreachable as exc:
+        log.error("%s", exc)
+        return 2
     except TopologyError as exc:
         log.error("%s", exc)
         return 2
