@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Kafka broker for integration tests (see processor.localkafka)."""
+"""Shared fixtures: a real Kafka broker and a real Schema Registry for integration tests (see
+processor.localkafka and processor.localregistry)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processor.localkafka import ensure_bootstrap
+from processor.localregistry import ensure_registry
 
 TopicFactory = Callable[..., str]
 
@@ -21,6 +23,17 @@ def kafka_bootstrap() -> Iterator[str]:
     bootstrap, stop = ensure_bootstrap()
     try:
         yield bootstrap
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    """SCHEMA_REGISTRY_URL if set, else the local Apicurio Registry (started if need be, and
+    stopped at the end only if this session started it). Tests share it: use unique subjects."""
+    url, stop = ensure_registry()
+    try:
+        yield url
     finally:
         stop()
 
