@@ -78,10 +78,15 @@ _NUMERIC_OPTIONS = frozenset(
     {"timeout", "cache.capacity", "cache.latest.ttl.sec", "max.retries", "retries.wait.ms",
      "retries.max.wait.ms"}
 )  # fmt: skip
-_SCHEMA_NOT_FOUND = 40403
+# What Topics.outputs names, as (kind, record name): a topic's name may be overridden.
+_OUTPUTS = (
+    ("command", "BookShowTickets"),
+    ("command", "BookFlight"),
+    ("command", "RefundTicket"),
+    ("event", "VipBundleFinalized_v1"),
+)
 _SUBJECT_NOT_FOUND = 40401
 _VERSION_NOT_FOUND = 40402
-_NO_SUBJECT_CONFIG = 40408
 
 
 class RecordSchemaError(ValueError):
@@ -208,8 +213,8 @@ def processor_topic_schemas(
     producers of events would register). Repartition topics carry the inputs' bytes as they
     are, and the DLQ any bytes, so they have no subject of their own."""
     result: dict[str, Mapping[str, Any]] = {}
-    for topic in topics.outputs:
-        result[topic] = schemas[topic.rsplit(".", 1)[-1]]
+    for kind, name in _OUTPUTS:
+        result[topics.output_named(kind, name)] = schemas[name]
     result[topics.changelog] = schemas["VipBundle"]
     if inputs:
         for name in EVENT_NAMES:
