@@ -4,6 +4,7 @@ processor.localkafka and processor.localregistry)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 
@@ -11,6 +12,7 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from processor import localregistry
 from processor.localkafka import ensure_bootstrap
 from processor.localregistry import ensure_registry
 
@@ -36,6 +38,21 @@ def schema_registry_url() -> Iterator[str]:
         yield url
     finally:
         stop()
+
+
+@pytest.fixture(scope="session")
+def local_registry_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The project's own registry (processor.localregistry), even when SCHEMA_REGISTRY_URL
+    points elsewhere: for tests of the registry process itself."""
+    if not os.environ.get(localregistry.URL_ENV):
+        yield request.getfixturevalue("schema_registry_url")
+        return
+    url, started = localregistry._up(localregistry.START_TIMEOUT_S)
+    try:
+        yield url
+    finally:
+        if started:
+            localregistry.down()
 
 
 @pytest.fixture

@@ -3,11 +3,9 @@ real Apicurio Registry it starts: loopback only, ready, BACKWARD, idempotent, cl
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,6 +88,7 @@ def test_command_binds_api_and_management_to_loopback_with_memory_storage(tmp_pa
     assert (props["quarkus.http.port"], props["quarkus.management.port"]) == ("31000", "31001")
     assert props["apicurio.storage.kind"] == "sql"
     assert props["apicurio.datasource.url"].startswith("jdbc:h2:mem:")
+    assert props["apicurio.rules.global.compatibility"] == "BACKWARD"
     assert props["java.io.tmpdir"] == str(paths.tmp)
     assert cmd[0] == "/jdk/bin/java"
     assert cmd[-2:] == ["-jar", str(tmp_path / "app" / "quarkus-run.jar")]
@@ -156,22 +155,10 @@ def _loopback(address: str) -> bool:
     }
 
 
-@pytest.fixture(scope="module")
-def local_registry(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The project's own registry, even when SCHEMA_REGISTRY_URL points elsewhere."""
-    if not os.environ.get(localregistry.URL_ENV):
-        yield request.getfixturevalue("schema_registry_url")
-        return
-    url, started = localregistry._up(localregistry.START_TIMEOUT_S)
-    yield url
-    if started:
-        localregistry.down()
-
-
 @pytest.mark.integration
-def test_local_registry_listens_on_loopback_only(local_registry: str) -> None:
+def test_local_registry_listens_on_loopback_only(local_registry_url: str) -> None:
     st = localregistry.status()
-    assert st.running and st.ready and st.url == local_registry
+    assert st.running and st.ready and st.url == local_registry_url
     number = localregistry.port()
     for each in (number, number + 1):  # the API, then the management interface
         addresses = _listening_addresses(each)
@@ -180,24 +167,26 @@ def test_local_registry_listens_on_loopback_only(local_registry: str) -> None:
 
 
 @pytest.mark.integration
-def test_local_registry_starts_with_global_compatibility_backward(local_registry: str) -> None:
-    assert SchemaRegistryClient({"url": local_registry}).get_compatibility() == "BACKWARD"
+def test_local_registry_starts_with_global_compatibility_backward(local_registry_url: str) -> None:
+    client = SchemaRegistryClient({"url": local_registry_url})
+    assert client.get_compatibility() == "BACKWARD"
 
 
 @pytest.mark.integration
-def test_up_is_idempotent(local_registry: str) -> None:
+def test_up_is_idempotent(local_registry_url: str) -> None:
     pid = localregistry.status().pid
-    assert localregistry.up() == local_registry
+    assert localregistry.up() == local_registry_url
     assert localregistry.status().pid == pid
 
 
 @pytest.mark.integration
-def test_cli_status_and_url(local_registry: str) -> None:
+def test_cli_status_and_url(local_registry_url: str) -> None:
     run = [sys.executable, "-m", "processor.localregistry"]
     status = subprocess.run([*run, "status"], capture_output=True, text=True, check=True)
-    assert f"running (pid {localregistry.status().pid}, {local_registry}, ready)" in status.stdout
+    pid = localregistry.status().pid
+    assert f"running (pid {pid}, {local_registry_url}, ready)" in status.stdout
     url = subprocess.run([*run, "url"], capture_output=True, text=True, check=True)
-    assert url.stdout.strip() == local_registry
+    assert url.stdout.strip() == local_registry_url
 
 
 def test_up_refuses_a_port_in_use_by_something_else(

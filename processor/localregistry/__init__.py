@@ -306,6 +306,9 @@ def render_command(java: Path, app: Path, paths: Paths, http_port: int) -> list[
         "apicurio.storage.kind": "sql",
         "apicurio.storage.sql.kind": "h2",
         "apicurio.datasource.url": "jdbc:h2:mem:registry",
+        # Apicurio's default global rule is NONE; Confluent's, which clients expect, BACKWARD.
+        # Set from the start (no window without it); _set_compatibility() checks it.
+        "apicurio.rules.global.compatibility": COMPATIBILITY,
         # Both default to /tmp, shared with everything else on the machine.
         "apicurio.storage.snapshot.location": paths.tmp,
         "apicurio.import.work-dir": paths.tmp,
@@ -451,7 +454,7 @@ def _wait_ready(http_port: int, deadline: float, alive: Callable[[], bool]) -> N
 
 
 def _set_compatibility(address: str) -> None:
-    # Apicurio's global default is NONE; Confluent's is BACKWARD, which clients expect.
+    # Also through the API, so a start that ignored the property cannot go unnoticed.
     client = SchemaRegistryClient({"url": address})
     client.set_compatibility(level=COMPATIBILITY)
     level = client.get_compatibility()
