@@ -76,8 +76,15 @@ APP_JAR = "quarkus-run.jar"
 # Where JDKs live besides JAVA_HOME: Debian/Ubuntu packages and Temurin's, then macOS.
 JVM_DIRS = (Path("/usr/lib/jvm"), Path("/Library/Java/JavaVirtualMachines"))
 
-# Measured: ready in ~3 s with ~250 MB RSS. The registry holds a few dozen schemas here.
-_JVM_FLAGS = ("-Xmx128m", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
+# A few dozen schemas and requests, not a throughput server: a small heap, and only the C1
+# JIT, which halves start-up CPU (measured on 2 busy cores: ready in ~3 s instead of ~7 s,
+# ~4 s of CPU instead of ~8, 221 instead of 255 MiB RSS).
+_JVM_FLAGS = (
+    "-Xmx128m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Djava.awt.headless=true",
+)
 
 
 class LocalRegistryError(RuntimeError):
