@@ -8,8 +8,8 @@ schema id, then the Avro body. Subjects follow TopicNameStrategy: a topic's valu
 
 The hot path asks the registry nothing per record: ``WriterSchemas`` fetches and parses each
 writer schema once per id, and ``decode`` reads the body with ``schemaless_reader(writer,
-reader)``. (``AvroSerializer``/``AvroDeserializer`` of confluent-kafka cost several times more
-per record; ``python -m processor.bench.serde`` measures both.)
+reader)``. (confluent-kafka's ``AvroDeserializer`` costs about twice as much per record, its
+``AvroSerializer`` about a third more; ``python -m processor.bench.serde`` measures them.)
 
 Errors say what to do with the record: ``RecordSchemaError`` is the record's fault (dead-letter
 it); ``RegistryUnavailable`` is not (retry, never dead-letter).
@@ -67,7 +67,7 @@ __all__ = [
 OPTION_PREFIX = "schema.registry."
 SUBJECT_SUFFIX = "-value"
 MAGIC_BYTE = 0
-_HEADER = struct.Struct(">bI")
+_HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size  # 5
 COMPATIBILITY_LEVELS = (
     "NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
@@ -85,6 +85,7 @@ _OUTPUTS = (
     ("command", "RefundTicket"),
     ("event", "VipBundleFinalized_v1"),
 )
+_MAX_UNKNOWN = 1024  # unknown ids remembered before the expired ones are dropped
 _SUBJECT_NOT_FOUND = 40401
 _VERSION_NOT_FOUND = 40402
 
@@ -376,6 +377,7 @@ class WriterSchemas:
     An id the registry does not know raises RecordSchemaError("unknown-schema-id") and is
     remembered for `retry_unknown_after_s`, so a stream of such records costs one request
     per interval, not one each. Schemas with references are resolved as AvroDeserializer does.
+    Not thread-safe: one per consuming thread.
     """
 
     def __init__(
@@ -416,6 +418,12 @@ class WriterSchemas:
         self._readers[(schema_id, id(reader))] = (reader, writer, effective)
         return writer, effective
 
+    def _remember_unknown(self, schema_id: int, detail: str) -> None:
+        now = self._clock()
+        if len(self._unknown) >= _MAX_UNKNOWN:  # garbage ids: forget the expired ones
+            self._unknown = {k: v for k, v in self._unknown.items() if v[0] > now}
+        self._unknown[schema_id] = (now + self._retry_unknown_after_s, detail)
+
     def _load(self, schema_id: int) -> Any:
         known_unknown = self._unknown.get(schema_id)
         if known_unknown is not None:
@@ -438,7 +446,7 @@ class WriterSchemas:
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 detail = f"the registry has no schema id {schema_id} ({exc.error_message})"
-                self._unknown[schema_id] = (self._clock() + self._retry_unknown_after_s, detail)
+                self._remember_unknown(schema_id, detail)
                 raise RecordSchemaError("unknown-schema-id", detail) from exc
             raise _unavailable(f"fetching schema id {schema_id}", exc) from exc
         try:
@@ -454,10 +462,10 @@ class WriterSchemas:
         return parsed
 
 
-def encode(schema_id_header: bytes, schema: Any, record: Any) -> bytes:
-    """`record` framed for the writer schema whose header(id) is `schema_id_header`."""
+def encode(prefix: bytes, schema: Any, record: Any) -> bytes:
+    """`record` written with the parsed writer `schema`, after `prefix` = header(its id)."""
     buf = io.BytesIO()
-    buf.write(schema_id_header)
+    buf.write(prefix)
     fastavro.schemaless_writer(buf, schema, record, strict=True, disable_tuple_notation=True)
     return buf.getvalue()
 

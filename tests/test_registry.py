@@ -248,6 +248,9 @@ def test_backward_accepts_a_new_optional_field_and_both_versions_read(
     # ...and a v1 writer read by a v2 reader gets the default.
     assert registry.decode(old, writers, v2_reader) == {**record, "note": None}
     assert registry.decode(new, writers, v2_reader) == {**record, "note": "late"}
+    # Equal writer and reader: fastavro is spared the resolution; different: it resolves.
+    assert writers.resolve(v1_id, v1_reader) == (writers.get(v1_id), None)
+    assert writers.resolve(v1_id, v2_reader) == (writers.get(v1_id), v2_reader)
 
 
 @pytest.mark.integration
@@ -269,6 +272,21 @@ def test_an_unknown_id_is_the_records_fault_and_is_remembered(counting: Counting
     with pytest.raises(RecordSchemaError, match="unknown-schema-id"):
         writers.get(unknown)
     assert counting.fetches == 2
+
+
+@pytest.mark.integration
+def test_remembered_unknown_ids_are_bounded(
+    counting: CountingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "_MAX_UNKNOWN", 3)
+    now = [0.0]
+    writers = registry.WriterSchemas(counting, retry_unknown_after_s=1.0, clock=lambda: now[0])
+    for step, unknown in enumerate(range(2**31 - 20, 2**31 - 14)):
+        now[0] = step * 0.5  # each id expires two steps after it was asked for
+        with pytest.raises(RecordSchemaError):
+            writers.get(unknown)
+        assert len(writers._unknown) <= 3
+    assert counting.fetches == 6
 
 
 @pytest.mark.integration
