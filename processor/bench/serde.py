@@ -47,15 +47,19 @@ def sample_record() -> dict[str, Any]:
     }
 
 
-def best_us(fn: Callable[[], object], records: int, repeat: int) -> float:
-    """Best mean microseconds per call over `repeat` runs of `records` calls."""
-    best = float("inf")
+def best_us(
+    cases: list[tuple[str, Callable[[], object]]], records: int, repeat: int
+) -> list[tuple[str, float]]:
+    """Best mean microseconds per call of each case over `repeat` rounds of `records` calls.
+    Rounds interleave the cases, so a busy neighbour slows all of them alike."""
+    best = dict.fromkeys((name for name, _ in cases), float("inf"))
     for _ in range(repeat):
-        started = time.perf_counter()
-        for _ in range(records):
-            fn()
-        best = min(best, (time.perf_counter() - started) / records * 1e6)
-    return best
+        for name, fn in cases:
+            started = time.perf_counter()
+            for _ in range(records):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - started) / records * 1e6)
+    return list(best.items())
 
 
 def measure(url: str, records: int, repeat: int) -> list[tuple[str, float]]:
@@ -88,22 +92,18 @@ def measure(url: str, records: int, repeat: int) -> list[tuple[str, float]]:
     def plain_read() -> object:
         return fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
 
-    return [
-        ("encode: fastavro schemaless_writer only", best_us(plain_write, records, repeat)),
-        ("encode: registry.encode (thin)", best_us(
-            lambda: registry.encode(head, parsed, record), records, repeat)),
-        ("encode: AvroSerializer(record, ctx)", best_us(
-            lambda: serializer(record, ctx), records, repeat)),
-        ("decode: fastavro schemaless_reader only", best_us(plain_read, records, repeat)),
-        ("decode: registry.decode (thin, reader given)", best_us(
-            lambda: registry.decode(framed, writers, reader), records, repeat)),
-        ("decode: registry.decode (thin, no reader)", best_us(
-            lambda: registry.decode(framed, writers), records, repeat)),
-        ("decode: AvroDeserializer(data, ctx)", best_us(
-            lambda: deserializer(framed, ctx), records, repeat)),
-        ("decode: AvroDeserializer(data) without ctx", best_us(
-            lambda: deserializer(framed), records, repeat)),
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("encode: fastavro schemaless_writer only", plain_write),
+        ("encode: registry.encode (thin)", lambda: registry.encode(head, parsed, record)),
+        ("encode: AvroSerializer(record, ctx)", lambda: serializer(record, ctx)),
+        ("decode: fastavro schemaless_reader only", plain_read),
+        ("decode: registry.decode (thin, reader given)",
+         lambda: registry.decode(framed, writers, reader)),
+        ("decode: registry.decode (thin, no reader)", lambda: registry.decode(framed, writers)),
+        ("decode: AvroDeserializer(data, ctx)", lambda: deserializer(framed, ctx)),
+        ("decode: AvroDeserializer(data) without ctx", lambda: deserializer(framed)),
     ]  # fmt: skip
+    return best_us(cases, records, repeat)
 
 
 def main(argv: list[str] | None = None) -> int:
