@@ -28,8 +28,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
-
 __all__ = [
     "COMPATIBILITY",
     "DIR_ENV",
@@ -461,6 +459,9 @@ def _wait_ready(http_port: int, deadline: float, alive: Callable[[], bool]) -> N
 
 
 def _set_compatibility(address: str) -> None:
+    # Imported here: its HTTP stack costs ~0.5 s to import, needed only after a start.
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
     # Also through the API, so a start that ignored the property cannot go unnoticed.
     client = SchemaRegistryClient({"url": address})
     client.set_compatibility(level=COMPATIBILITY)
