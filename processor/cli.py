@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _simulation_args(demo)
     demo.set_defaults(func=cmd_demo)
+    _schemas_command(commands)
     return parser
 
 
@@ -318,6 +319,87 @@ def version_text() -> str:
         f"processor {ours} (confluent-kafka {metadata.version('confluent-kafka')}, "
         f"librdkafka {confluent_kafka.libversion()[0]}, Python {platform.python_version()})"
     )
+
+
+def _schemas_command(commands: argparse._SubParsersAction) -> None:
+    schemas = commands.add_parser("schemas", help="Schema Registry: register our schemas")
+    actions = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
+    register = actions.add_parser(
+        "register",
+        help="register the writer schemas of the topics the processor writes",
+        description="Register, under TopicNameStrategy subjects (<topic>-value), the Avro\n"
+        "schemas the processor writes with: the four outputs and the changelog\n"
+        "(<application-id>-vip-bundles-changelog); with --inputs the six input topics too.\n"
+        "For registries where the processor itself may not register. Idempotent: a schema\n"
+        "already registered keeps its id.\n\n"
+        "Exit 0 when all are registered (or, with --check, compatible); 2 when a subject's\n"
+        "compatibility rule refuses a schema or an option is wrong; 1 when the registry\n"
+        "cannot be reached.",
+        epilog="examples:\n"
+        "  processor schemas register --schema-registry http://registry:8081\n"
+        "  processor schemas register --inputs --compatibility BACKWARD \\\n"
+        "      --schema-registry-option basic.auth.user.info=user:secret\n"
+        "  processor schemas register --check   # test compatibility, register nothing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    register.add_argument(
+        "--schema-registry",
+        metavar="URL",
+        default=os.environ.get("SCHEMA_REGISTRY_URL"),
+        help="the registry's Confluent-compatible API, e.g. http://127.0.0.1:28081/apis/ccompat/v7 "
+        "for the local Apicurio (env SCHEMA_REGISTRY_URL; required)",
+    )
+    register.add_argument(
+        "--schema-registry-option",
+        dest="registry_options",
+        metavar="KEY=VALUE",
+        type=key_value,
+        action="append",
+        default=[],
+        help="SchemaRegistryClient setting (repeatable; a schema.registry. prefix is "
+        "dropped), e.g. basic.auth.user.info=USER:PASSWORD, ssl.ca.location=/ca.pem, "
+        "ssl.certificate.location=..., ssl.key.location=..., timeout=10",
+    )
+    register.add_argument(
+        "--application-id",
+        default=os.environ.get("VIP_APPLICATION_ID", DEFAULT_APPLICATION_ID),
+        help="names the changelog topic (env VIP_APPLICATION_ID; default %(default)s)",
+    )
+    register.add_argument(
+        "--topic",
+        dest="topic_overrides",
+        metavar="DEFAULT=NAME",
+        type=key_value,
+        action="append",
+        default=[],
+        help="use NAME instead of the default topic name DEFAULT (repeatable), as for run",
+    )
+    register.add_argument(
+        "--inputs",
+        action="store_true",
+        help="also the six input topics (for producers of events, tests and the simulator)",
+    )
+    mode = register.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--compatibility",
+        type=str.upper,
+        metavar="LEVEL",
+        help="first set this compatibility rule on each subject: BACKWARD, FORWARD, FULL, "
+        "their _TRANSITIVE forms, or NONE (default: leave the rules as they are)",
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="only test each schema against its subject's rule; register nothing",
+    )
+    register.add_argument(
+        "--schema-dir",
+        type=Path,
+        metavar="DIR",
+        help="the schemas/ folder (default: the one the codec reads: env VIP_SCHEMA_DIR, "
+        "else schemas/ beside the package)",
+    )
+    register.set_defaults(func=cmd_schemas_register, log_level="INFO", log_format="text")
 
 
 def _simulation_args(parser: argparse.ArgumentParser) -> None:
@@ -534,6 +616,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
         log.error("the processor exited with %d; see %s", code, log_path)
         return 1
     return 0 if result.ok else 1
+
+
+def cmd_schemas_register(args: argparse.Namespace) -> int:
+    # Imported here: the registry client's HTTP stack is not needed by the other commands.
+    from processor import registry
+    from processor.codec import DEFAULT_SCHEMA_DIR
+
+    if not args.schema_registry:
+        log.error("no registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL")
+        return 2
+    try:
+        client = registry.make_client(args.schema_registry, args.registry_options)
+        found = registry.load_writer_schemas(args.schema_dir or DEFAULT_SCHEMA_DIR)
+        schemas = registry.processor_topic_schemas(_topics(args), found, inputs=args.inputs)
+        if args.compatibility:
+            for topic in schemas:
+                registry.set_compatibility(client, args.compatibility, topic)
+        if args.check:
+            refused = [t for t, s in schemas.items() if not registry.is_compatible(client, t, s)]
+            for topic in schemas:
+                verdict = "REFUSED" if topic in refused else "compatible"
+                print(f"{verdict:<10} {registry.subject_for(topic)}")
+            return 2 if refused else 0
+        ids = registry.register_schemas(client, schemas)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # Bad options, an unknown compatibility level, a missing schema folder;
+        # IncompatibleSchema is a ValueError too.
+        log.error("%s", exc)
+        return 2
+    except registry.RegistryUnavailable as exc:
+        log.error("registry %s: %s", args.schema_registry, exc)
+        return 1
+    for topic, schema_id in ids.items():
+        print(f"id {schema_id:<6} {registry.subject_for(topic)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
