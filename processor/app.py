@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from processor.codec import Codec
+from processor.logs import kafka_logger
 from processor.manage import BundleSerde, saga_handler
 from processor.routing import INDEX, index_entries, saga_router_factory
-from processor.runtime.clients import Clients
+from processor.runtime.clients import Clients, KafkaClients
 from processor.runtime.engine import Engine, EngineConfig, TableSpec
 from processor.topology import Topics
 
@@ -51,5 +52,5 @@ def build_engine(
         BundleSerde(codec),
         router=saga_router_factory(codec, topics),
         tables=(index,),
-        clients=clients,
+        clients=clients or KafkaClients(logger=kafka_logger()),
     )

@@ -8,6 +8,7 @@ fencing and rebalances. These protocols are confluent-kafka's own signatures.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -58,6 +59,7 @@ class Producer(Protocol):
 
 
 class Admin(Protocol):
+    def poll(self, timeout: float = ...) -> int: ...
     def list_offsets(self, topic_partition_offsets: Any, **kwargs: Any) -> dict[Any, Any]: ...
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
 
@@ -69,13 +71,17 @@ class Clients(Protocol):
 
 
 class KafkaClients:
-    """The real thing: confluent-kafka (librdkafka)."""
+    """The real thing: confluent-kafka (librdkafka). With a `logger`, librdkafka's
+    log goes through Python logging, served by each client's poll/consume/flush."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._extra: Config = {"logger": logger} if logger is not None else {}
 
     def consumer(self, config: Config) -> Consumer:
-        return confluent_kafka.Consumer(config)
+        return confluent_kafka.Consumer({**config, **self._extra})
 
     def producer(self, config: Config) -> Producer:
-        return confluent_kafka.Producer(config)
+        return confluent_kafka.Producer({**config, **self._extra})
 
     def admin(self, config: Config) -> Admin:
-        return AdminClient(config)
+        return AdminClient({**config, **self._extra})

@@ -137,9 +137,12 @@ class Engine:
             "enable.auto.offset.store": False,
             "queued.max.messages.kbytes": 16384,
         }
+        # Admin clients only log when polled: the loop polls them now and then.
+        self._admins = (self._clients.admin(common), self._clients.admin(common))
+        self._admins_polled_at = 0.0
         self._restorer = Restorer(
             self._clients.consumer({**reader, "group.id": f"{config.application_id}-restore"}),
-            self._clients.admin(common),
+            self._admins[0],
             config.changelog_topic,
         )
         built = {
@@ -152,7 +155,7 @@ class Engine:
             )
             for spec in tables
         }
-        self._tables = GlobalTables(built.values(), self._clients.admin(common))
+        self._tables = GlobalTables(built.values(), self._admins[1])
         self._router = router(built) if router is not None else None
         self._producer_config = {
             **common,
@@ -309,6 +312,10 @@ class Engine:
             or now - out.opened_at >= self.config.commit_interval_s
         ):
             self._commit()
+        if now - self._admins_polled_at >= 1.0:
+            self._admins_polled_at = now
+            for admin in self._admins:
+                admin.poll(0)
         if not self.ready.is_set() and self._is_ready():
             self.ready.set()
             log.info("ready: %d tasks running", len(self._tasks))

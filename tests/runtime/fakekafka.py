@@ -465,3 +465,6 @@ class FakeAdmin:
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
         return None
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
