@@ -70,6 +70,11 @@ class EngineCollector:
             "how long the oldest parked record has waited (survives restarts)",
             value=self._engine.oldest_wait_s(),
         )
+        yield GaugeMetricFamily(
+            "vip_bundle_paused_partitions",
+            "partitions paused by backpressure (too many parked records, a table catching up)",
+            value=self._engine.paused_partitions,
+        )
         readiness = self._engine.readiness()
         restoring = readiness["restoring"]
         assert isinstance(restoring, dict)

@@ -242,6 +242,11 @@ class Engine:
         return [t for t in list(self._tasks.values()) if isinstance(t, StatefulTask)]
 
     @property
+    def paused_partitions(self) -> int:
+        """Partitions paused because their task pushes back (parking bound, table wait)."""
+        return len(self._paused)
+
+    @property
     def parked(self) -> int:
         return sum(len(t.parking) for t in self.stateful_tasks())
 
