@@ -35,9 +35,18 @@ class Committable(Protocol):
 
 
 class Checkpoint:
-    def __init__(self, producer: Producer, changelog_topic: str | None) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        changelog_topic: str | None,
+        source_topics: frozenset[str] = frozenset(),
+    ) -> None:
         self._producer = producer
         self._changelog_topic = changelog_topic
+        # Records to the instance's own sources (repartition topics): their offsets
+        # tell its tasks what is still to come (see ordering.py).
+        self._sources = source_topics
+        self.produced_ends: dict[tuple[str, int], int] = {}
         self._changelog_offsets: dict[int, int] = {}
         self._failed: list[KafkaError] = []
         self.is_open = False
@@ -53,6 +62,7 @@ class Checkpoint:
             self.records = 0
             self._prepared = False
             self._changelog_offsets.clear()
+            self.produced_ends = {}
             self._failed.clear()
 
     def send(
@@ -66,16 +76,15 @@ class Checkpoint:
         if not self.is_open:
             self.begin()
         produce = self._producer.produce
-        try:
-            produce(topic, value, key, headers=headers, timestamp=timestamp)
-        except BufferError:  # local queue full: let deliveries drain, then once more
-            self._producer.poll(0.05)
-            while True:
-                try:
-                    produce(topic, value, key, headers=headers, timestamp=timestamp)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
+        delivered = self._produced if topic in self._sources else None
+        while True:
+            try:
+                produce(
+                    topic, value, key, headers=headers, timestamp=timestamp, on_delivery=delivered
+                )
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                self._producer.poll(0.05)
         self.records += 1
 
     def changelog(self, partition: int, changes: dict[bytes, bytes | None]) -> None:
@@ -101,6 +110,14 @@ class Checkpoint:
                 except BufferError:
                     self._producer.poll(0.05)
         self.records += len(changes)
+
+    def _produced(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed.append(err)
+            return
+        tp, end = (msg.topic(), msg.partition()), msg.offset() + 1
+        if end > self.produced_ends.get(tp, 0):
+            self.produced_ends[tp] = end
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:

@@ -20,14 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from processor.runtime.checkpoint import Checkpoint, CommitStuck
-from processor.runtime.clients import Clients, KafkaClients
+from processor.runtime.clients import Clients, Consumer, KafkaClients
 from processor.runtime.clock import Clock
 from processor.runtime.global_table import Extract, GlobalTable, GlobalTables
 from processor.runtime.handler import Handler, Router, StateSerde
@@ -63,6 +63,14 @@ class EngineConfig:
     state_memory: int = 64 * MiB  # every RocksDB store of the instance together
     static_membership: bool = True
     commit_when_idle: bool = True  # nothing more fetched: commit now, not at the interval
+    # Records a task holds per partition before the partition pauses (Kafka Streams'
+    # buffered.records.per.partition); the stateful tasks together hold at most about
+    # `buffered_records` before routing pauses.
+    buffered_per_partition: int = 2000
+    buffered_records: int = 10_000
+    # An empty partition known to have more holds its task this long at most; the wait
+    # is for records this instance itself committed, so it ends as they are fetched.
+    max_task_idle_s: float = 5.0
 
     @property
     def transactional_id(self) -> str:
@@ -110,6 +118,7 @@ class Engine:
         self._paused: set[TP] = set()  # pushed back by their task
         self._assigned_once = False
         self._tables_behind = False
+        self._routing_held = False
         self.memory = StateMemory(config.state_memory)
         common = {"bootstrap.servers": config.bootstrap_servers, **config.client_config}
         group = {
@@ -122,13 +131,34 @@ class Engine:
             # A new application id starts from the beginning, as Kafka Streams does.
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "range",
-            # A bounded prefetch: records wait in the tasks' buffers, not in librdkafka.
-            "queued.max.messages.kbytes": 8192,
+            # A bounded prefetch, taken a little of every partition at a time: records
+            # wait in the tasks' buffers, not behind another stage's in librdkafka's queue.
+            "queued.max.messages.kbytes": 4096,
+            "fetch.max.bytes": 4 * MiB,
+            "max.partition.fetch.bytes": 256 * 1024,
+            # End-of-partition events tell a task which partitions have nothing more.
+            "enable.partition.eof": True,
             **config.consumer_config,
         }
         if config.static_membership:
             group["group.instance.id"] = config.transactional_id
         self._consumer = self._clients.consumer(group)
+        # The stateful partitions are owned through the group but fetched by a consumer
+        # of their own: one queue per stage, so repartitioned records never wait behind
+        # an input backlog in a shared fetch queue (the group consumer keeps them paused).
+        fetch_keys = (
+            "queued.max.messages.kbytes", "fetch.max.bytes", "max.partition.fetch.bytes",
+            "enable.partition.eof", "isolation.level", "enable.auto.commit",
+            "enable.auto.offset.store", "auto.offset.reset",
+        )  # fmt: skip
+        self._fetcher = self._clients.consumer(
+            {
+                **common,
+                **{k: group[k] for k in fetch_keys},
+                "group.id": f"{config.application_id}-fetch",  # required; never committed
+                "client.id": f"{config.transactional_id}-fetch",
+            }
+        )
         reader = {
             **common,
             "isolation.level": "read_committed",
@@ -168,7 +198,7 @@ class Engine:
         }
         self._producer = self._clients.producer(self._producer_config)
         self._abandoned: list[object] = []  # stuck in a call: kept alive, never used
-        self._checkpoint = Checkpoint(self._producer, config.changelog_topic)
+        self._checkpoint = self._new_checkpoint()
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -215,6 +245,7 @@ class Engine:
     def close(self) -> None:
         try:
             self._consumer.close()
+            self._fetcher.close()
         finally:
             for task in self._tasks.values():
                 task.close()
@@ -284,17 +315,29 @@ class Engine:
         now = self.last_loop_at = time.monotonic()
         if self._pending:
             self._initialize_tasks()
-        messages = self._consumer.consume(self.config.batch_size, timeout=self._poll_timeout(now))
+        timeout = self._poll_timeout(now)
+        messages = self._fetcher.consume(self.config.batch_size, timeout=0)
+        if messages:
+            timeout = 0.0
+        messages += self._consumer.consume(self.config.batch_size, timeout=min(timeout, 0.005))
         by_tp = self._by_tp
+        fetched = 0
         for msg in messages:
-            task = by_tp.get((msg.topic(), msg.partition()))
-            if task is not None:
-                task.add(msg)
-            elif msg.error() is not None:
-                self._consumer_error(msg.error())
+            error = msg.error()
+            if error is None:
+                task = by_tp.get((msg.topic(), msg.partition()))
+                if task is not None:
+                    task.add(msg)
+                    fetched += 1
+            elif error.code() == KafkaError._PARTITION_EOF:
+                task = by_tp.get((msg.topic(), msg.partition()))
+                if task is not None:
+                    task.at_end(msg.topic(), msg.partition(), msg.offset())
+            else:
+                self._consumer_error(error)
         if self._restorer.active:
             # Nothing else came in: wait a little for the changelogs instead of spinning.
-            for done in self._restorer.step(timeout=0.0 if messages else 0.01):
+            for done in self._restorer.step(timeout=0.0 if fetched else 0.01):
                 elapsed = time.monotonic() - done.started_at
                 log.info(
                     "task %d restored %d records in %.2fs",
@@ -313,7 +356,7 @@ class Engine:
                 task.process(out, parking_now)
         self._push_back()
         if out.is_open and (
-            (not messages and self.config.commit_when_idle)
+            (not fetched and self.config.commit_when_idle)
             or now - out.opened_at >= self.config.commit_interval_s
         ):
             self._commit()
@@ -363,20 +406,44 @@ class Engine:
         """Pauses the partitions tasks hold back; resumes the ones they let go, from
         the first record the task has not buffered."""
         blocked = {tp for task in self._tasks.values() for tp in task.blocked()}
+        # Routing runs ahead of managing on a backlog: its records would crowd the
+        # fetch queue while the repartitioned ones wait. Hold it while manage catches up.
+        behind = sum(t.backlog for t in self._tasks.values() if isinstance(t, StatefulTask))
+        if behind > self.config.buffered_records or (
+            self._routing_held and behind > self.config.buffered_records // 2
+        ):
+            self._routing_held = True
+            blocked |= {
+                tp for t in self._tasks.values() if isinstance(t, RouteTask) for tp in t.partitions
+            }
+        else:
+            self._routing_held = False
         if blocked == self._paused:
             return
         if new := blocked - self._paused:
-            self._consumer.pause([TopicPartition(t, p) for t, p in new])
+            self._pause(new)
         if released := self._paused - blocked:
-            tps = []
-            for t, p in released:
-                task = self._by_tp.get((t, p))
-                if task is None or task.state is not TaskState.RUNNING:
-                    continue
-                tps.append(TopicPartition(t, p))
-            if tps:
-                self._consumer.resume(tps)
+            self._resume(
+                tp
+                for tp in released
+                if (task := self._by_tp.get(tp)) is not None and task.state is TaskState.RUNNING
+            )
         self._paused = blocked
+
+    def _split(self, tps: Iterable[TP]) -> list[tuple[Consumer, list[TopicPartition]]]:
+        """Partitions by the consumer that fetches them."""
+        routed, stateful = [], []
+        for t, p in tps:
+            (routed if t in self._route_topics else stateful).append(TopicPartition(t, p))
+        return [(c, tps) for c, tps in ((self._consumer, routed), (self._fetcher, stateful)) if tps]
+
+    def _pause(self, tps: Iterable[TP]) -> None:
+        for consumer, split in self._split(tps):
+            consumer.pause(split)
+
+    def _resume(self, tps: Iterable[TP]) -> None:
+        for consumer, split in self._split(tps):
+            consumer.resume(split)
 
     # --- transactions --------------------------------------------------------------
 
@@ -415,6 +482,10 @@ class Engine:
                 raise
         for task in tasks:
             task.flush(self._checkpoint.changelog_offsets)
+        for (topic, partition), end in self._checkpoint.produced_ends.items():
+            owner = self._by_tp.get((topic, partition))
+            if owner is not None:
+                owner.known_end(topic, partition, end)
         self.stats.transactions += 1
 
     def _commit_or_abort(self) -> None:
@@ -431,7 +502,11 @@ class Engine:
         self._abandoned.append(self._producer)
         self._producer = self._clients.producer(self._producer_config)
         self._producer.init_transactions(60)
-        self._checkpoint = Checkpoint(self._producer, self.config.changelog_topic)
+        self._checkpoint = self._new_checkpoint()
+
+    def _new_checkpoint(self) -> Checkpoint:
+        sources = frozenset(self.config.source_topics)
+        return Checkpoint(self._producer, self.config.changelog_topic, sources)
 
     def _rewind(self) -> None:
         """Drops what the transaction staged and goes back to the committed offsets."""
@@ -443,10 +518,11 @@ class Engine:
         committed = self._consumer.committed(tps, timeout=30) if tps else []
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            fetcher = self._consumer if tp.topic in self._route_topics else self._fetcher
+            fetcher.seek(TopicPartition(tp.topic, tp.partition, offset))
         self._resume_tasks(committed)
         if self._paused:
-            self._consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+            self._resume(self._paused)
             self._paused = set()
 
     def _resume_tasks(self, committed: list[TopicPartition]) -> None:
@@ -472,6 +548,7 @@ class Engine:
             self._paused.discard(tp)
         if isinstance(task, StatefulTask):
             self._restorer.remove([task.partition])
+            self._fetcher.incremental_unassign([TopicPartition(t, p) for t, p in task.partitions])
             if keep_store:
                 task.abort()
                 self._suspended[task.partition] = task.txn.store
@@ -503,11 +580,23 @@ class Engine:
                 self.stats,
                 self.config.max_parked,
                 self._clock,
+                buffer_limit=self.config.buffered_per_partition,
+                max_idle_s=self.config.max_task_idle_s,
             )
             self._add_task(task)
             tasks.append(task)
         tps = [TopicPartition(t, p) for task in tasks for t, p in task.partitions]
-        self._resume_tasks(self._consumer.committed(tps, timeout=30) if tps else [])
+        committed = self._consumer.committed(tps, timeout=30) if tps else []
+        self._resume_tasks(committed)
+        if committed:
+            starts = [
+                TopicPartition(
+                    tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                )
+                for tp in committed
+            ]
+            self._fetcher.incremental_assign(starts)
+            self._fetcher.pause(starts)  # until restored
         started = time.monotonic()
         for p in self._restorer.add(stores):
             self._start(self._tasks[f"task {p}"])
@@ -523,7 +612,7 @@ class Engine:
     def _start(self, task: Task) -> None:
         """Restored: the task runs and its partitions are fetched."""
         task.state = TaskState.RUNNING
-        self._consumer.resume([TopicPartition(t, p) for t, p in task.partitions])
+        self._resume(task.partitions)
 
     # --- rebalance ------------------------------------------------------------------
 
@@ -533,20 +622,21 @@ class Engine:
         self._consumer.assign(partitions)
         stateful = [tp for tp in partitions if tp.topic not in self._route_topics]
         if stateful:
-            self._consumer.pause(stateful)  # until restored: see _initialize_tasks
-        for tp in partitions:
-            if tp.topic in self._route_topics:
-                assert self._router is not None, "route topics without a router"
-                self._add_task(
-                    RouteTask(
-                        tp.topic,
-                        tp.partition,
-                        self._router,
-                        self._tables,
-                        self.config.dlq_topic,
-                        self.stats,
-                    )
+            self._consumer.pause(stateful)  # for good: the fetcher reads them
+        routed = [(tp.topic, tp.partition) for tp in partitions if tp.topic in self._route_topics]
+        if routed:
+            assert self._router is not None, "route topics without a router"
+            self._add_task(
+                RouteTask(
+                    routed,
+                    self._router,
+                    self._tables,
+                    self.config.dlq_topic,
+                    self.stats,
+                    self.config.buffered_per_partition,
+                    self.config.max_task_idle_s,
                 )
+            )
         self._pending |= {tp.partition for tp in stateful}
         log.info(
             "assigned %d input and %d stateful partitions",

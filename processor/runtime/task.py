@@ -10,9 +10,7 @@ one commit path.
 
 from __future__ import annotations
 
-import heapq
 import logging
-from collections import deque
 from collections.abc import Iterable
 from enum import Enum
 
@@ -34,6 +32,7 @@ from processor.runtime.handler import (
     Stage,
     Unknown,
 )
+from processor.runtime.ordering import TimestampOrder
 from processor.runtime.parking import Backoff, ParkingLot, Resume, resume_metadata
 from processor.runtime.stats import Stats
 from processor.runtime.store import StoreTransaction
@@ -62,46 +61,57 @@ def _dead_letter(out: Checkpoint, dlq: str, record: Record, error: Exception, st
 
 
 class RouteTask:
-    """One input partition: each record is forwarded, skipped or dead-lettered, in
-    offset order. A record the global tables do not know yet holds the partition
-    until they caught up (a few ms), so order is kept."""
+    """The input partitions this instance routes: each record is forwarded, skipped
+    or dead-lettered, in timestamp order across them (so the repartitioned events
+    of a bundle come out in the order they happened). A record the global tables
+    do not know yet holds routing until they caught up to a target taken after
+    it missed (a few ms), so order is kept."""
+
+    name = "route"
 
     def __init__(
         self,
-        topic: str,
-        partition: int,
+        partitions: Iterable[tuple[str, int]],
         router: Router,
         tables: GlobalTables,
         dlq_topic: str,
         stats: Stats,
+        buffer_limit: int = 2000,
+        max_idle_s: float = 0.5,
     ) -> None:
-        self.topic = topic
-        self.partition = partition
+        self.partitions = sorted(partitions)
         self.state = TaskState.RUNNING
+        self.max_records = 1000  # per turn: the loop commits and polls between turns
         self._router = router
         self._tables = tables
         self._dlq = dlq_topic
         self._stats = stats
-        self.buffer: deque[Record] = deque()
-        self.position: int | None = None
+        self._order: TimestampOrder[tuple[str, int]] = TimestampOrder(
+            self.partitions, max_idle_s, buffer_limit
+        )
+        self.positions: dict[tuple[str, int], int] = {}
         self._ticket: int | None = None  # the head missed the tables: the target deciding it
-
-    @property
-    def name(self) -> str:
-        return f"route {self.topic}[{self.partition}]"
-
-    @property
-    def partitions(self) -> list[tuple[str, int]]:
-        return [(self.topic, self.partition)]
+        self._blocked: list[tuple[str, int]] = []
 
     def add(self, record: Record) -> None:
-        self.buffer.append(record)
+        self._order.add((record.topic(), record.partition()), record)
+
+    def at_end(self, topic: str, partition: int, offset: int) -> None:
+        self._order.at_end((topic, partition), offset)
+
+    def known_end(self, topic: str, partition: int, end: int) -> None:
+        self._order.known_end((topic, partition), end)
+
+    @property
+    def pending(self) -> int:
+        return self._order.pending
 
     def process(self, out: Checkpoint, now: float) -> None:
-        buffer, route, stats = self.buffer, self._router, self._stats
-        send = out.send
-        while buffer:
-            record = buffer[0]
+        route, stats, send, positions = self._router, self._stats, out.send, self.positions
+        waiting = False
+
+        def handle(source: tuple[str, int], record: Record) -> bool:
+            nonlocal waiting
             outcome = route(record)
             if isinstance(outcome, Forward):
                 timestamp = record.timestamp()[1]
@@ -112,23 +122,23 @@ class RouteTask:
                 if self._ticket is None:
                     self._ticket = self._tables.ticket()
                 if not self._tables.caught_up(self._ticket):
-                    return  # the rest waits behind it
+                    waiting = True
+                    return False  # everything waits behind it
                 stats.not_routed += 1
-                log.debug("%s@%d not routed: %s", self.name, record.offset(), outcome.reason)
+                log.debug("%s[%d]@%d not routed: %s", *source, record.offset(), outcome.reason)
             elif isinstance(outcome, Skip):
                 stats.not_routed += 1
             elif isinstance(outcome, Reject):
                 _dead_letter(out, self._dlq, record, BadInput(outcome.reason), stats)
             self._ticket = None
-            buffer.popleft()
-            self.position = record.offset() + 1
+            positions[source] = record.offset() + 1
+            return True
+
+        self._order.drain(now, handle, lambda _: False, self.max_records)
+        self._blocked = self._order.over_limit()
 
     def blocked(self) -> list[tuple[str, int]]:
-        return [(self.topic, self.partition)] if self._ticket is not None else []
-
-    @property
-    def pending(self) -> int:
-        return len(self.buffer)
+        return self._blocked
 
     def resume_from(self, committed: Iterable[TopicPartition]) -> None:
         pass  # stateless: the consumer starts at the committed offset, nothing more
@@ -137,17 +147,16 @@ class RouteTask:
         pass
 
     def offsets(self) -> list[TopicPartition]:
-        if self.position is None:
-            return []
-        return [TopicPartition(self.topic, self.partition, self.position)]
+        return [TopicPartition(t, p, o) for (t, p), o in self.positions.items()]
 
     def flush(self, changelog_offsets: dict[int, int]) -> None:
         pass
 
     def abort(self) -> None:
-        self.buffer.clear()
-        self.position = None
+        self._order.clear()
+        self.positions.clear()
         self._ticket = None
+        self._blocked = []
 
     def close(self) -> None:
         self.abort()
@@ -167,10 +176,13 @@ class StatefulTask:
         stats: Stats,
         max_parked: int = 1000,
         clock: Clock | None = None,
+        buffer_limit: int = 2000,
+        max_idle_s: float = 0.5,
     ) -> None:
         self.partition = partition
         self.topics = tuple(topics)
         self.state = TaskState.RESTORING
+        self.max_records = 1000  # per turn: the loop commits and polls between turns
         self._handler = handler
         self.txn = txn
         self.parking = ParkingLot(backoff)
@@ -178,11 +190,10 @@ class StatefulTask:
         self._stats = stats
         self.max_parked = max_parked
         self._clock = clock or Clock()
-        self.buffers: dict[str, deque[Record]] = {t: deque() for t in self.topics}
+        self._order: TimestampOrder[str] = TimestampOrder(self.topics, max_idle_s, buffer_limit)
         self.positions: dict[str, int] = {}  # next offset per topic: all below were seen
         self._resume: dict[str, Resume] = {}
         self._blocked: set[str] = set()
-        self._order = {t: i for i, t in enumerate(self.topics)}
 
     @property
     def name(self) -> str:
@@ -194,10 +205,22 @@ class StatefulTask:
 
     @property
     def pending(self) -> int:
-        return sum(len(b) for b in self.buffers.values())
+        return self._order.pending
+
+    @property
+    def backlog(self) -> int:
+        """Records buffered, and records this instance routed here that it has not
+        fetched yet, on the topics it is not holding back."""
+        return self._order.pending + self._order.unfetched(self._blocked)
 
     def add(self, record: Record) -> None:
-        self.buffers[record.topic()].append(record)
+        self._order.add(record.topic(), record)
+
+    def at_end(self, topic: str, partition: int, offset: int) -> None:
+        self._order.at_end(topic, offset)
+
+    def known_end(self, topic: str, partition: int, end: int) -> None:
+        self._order.known_end(topic, end)
 
     def resume_from(self, committed: Iterable[TopicPartition]) -> None:
         """What the last commit's metadata says waits, and was done, after each
@@ -210,23 +233,20 @@ class StatefulTask:
     # --- processing --------------------------------------------------------------
 
     def process(self, out: Checkpoint, now: float) -> None:
+        """Retries what is due, then handles buffered records in timestamp order across
+        the task's topics (see ordering.py): a ticket confirmation is handled before
+        the younger flight failure it completes, even when they come on two topics."""
         now, now_ms = self._clock.monotonic(), self._clock.wall_ms()
         for topic, key in list(self.parking.due(now)):
             if self.parking.blocks(topic, key):
                 self._retry_queue(topic, key, out, now, now_ms)
-        self._blocked.clear()
-        buffers, order = self.buffers, self._order
-        heads = [(q[0].timestamp()[1], order[t], t) for t, q in buffers.items() if q]
-        heapq.heapify(heads)
-        while heads:
-            _, rank, topic = heapq.heappop(heads)
-            if self._must_wait(topic):
-                self._blocked.add(topic)
-                continue  # its records stay buffered; the engine pauses the partition
-            queue = buffers[topic]
-            self._one(queue.popleft(), topic, out, now, now_ms)
-            if queue:
-                heapq.heappush(heads, (queue[0].timestamp()[1], rank, topic))
+
+        def handle(topic: str, record: Record) -> bool:
+            self._one(record, topic, out, now, now_ms)
+            return True
+
+        self._blocked = self._order.drain(now, handle, self._must_wait, self.max_records)
+        self._blocked.update(self._order.over_limit())
 
     def _must_wait(self, topic: str) -> bool:
         """Backpressure: parking is bounded per task and by the commit metadata."""
@@ -359,8 +379,7 @@ class StatefulTask:
         engine seeks back to the committed offsets and calls `resume_from`."""
         self.txn.abort()
         self.parking.clear()
-        for buffer in self.buffers.values():
-            buffer.clear()
+        self._order.clear()
         self.positions.clear()
         self._resume.clear()
         self._blocked.clear()

@@ -74,6 +74,27 @@ class FakeMessage:
         return None
 
 
+@dataclass(frozen=True)
+class FakeEof:
+    """What librdkafka hands out when a partition was read to its end."""
+
+    topic_: str
+    partition_: int
+    offset_: int
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def error(self) -> KafkaError:
+        return KafkaError(KafkaError._PARTITION_EOF)
+
+
 @dataclass
 class Group:
     members: dict[str, FakeConsumer] = field(default_factory=dict)
@@ -199,6 +220,8 @@ class FakeConsumer:
         self.member_id: str = config.get("group.instance.id") or f"m-{id(self)}"
         self.static = "group.instance.id" in config
         self.read_committed = config.get("isolation.level") == "read_committed"
+        self.eof = bool(config.get("enable.partition.eof"))
+        self._eof_sent: set[tuple[str, int]] = set()
         self.subscription: list[str] = []
         self.positions: dict[tuple[str, int], int] = {}
         self.paused: set[tuple[str, int]] = set()
@@ -276,6 +299,7 @@ class FakeConsumer:
 
     def seek(self, tp: TopicPartition) -> None:
         self.positions[(tp.topic, tp.partition)] = max(tp.offset, 0)
+        self._eof_sent.discard((tp.topic, tp.partition))
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return [
@@ -313,11 +337,11 @@ class FakeConsumer:
 
     # --- reading ------------------------------------------------------------------------
 
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage | FakeEof]:
         if self.closed:
             raise RuntimeError("consumer closed")
         self._serve_rebalance()
-        out: list[FakeMessage] = []
+        out: list[FakeMessage | FakeEof] = []
         for (topic, partition), position in list(self.positions.items()):
             if (topic, partition) in self.paused:
                 continue
@@ -327,8 +351,12 @@ class FakeConsumer:
                 entry = log[position]
                 if entry.state != "aborted":
                     out.append(FakeMessage(topic, partition, position, entry))
+                    self._eof_sent.discard((topic, partition))
                 position += 1
             self.positions[(topic, partition)] = position
+            if self.eof and position >= end and (topic, partition) not in self._eof_sent:
+                self._eof_sent.add((topic, partition))
+                out.append(FakeEof(topic, partition, position))
         return out
 
     def close(self) -> None:

@@ -127,7 +127,7 @@ def test_past_the_parked_limit_the_partition_pauses_and_resumes_without_losing_r
     engine = toy.engine(backoff=SLOW, max_parked=3)
     turns(engine)
     assert engine.parked == 3
-    consumer = toy.group_consumer()
+    consumer = toy.fetcher()
     [(topic, p)] = consumer.paused
     assert topic == NEEDS
 

@@ -103,9 +103,9 @@ class Toy:
             for m in self.cluster.committed_records(topic)
         ]
 
-    def group_consumer(self) -> FakeConsumer:
-        """The newest engine's consumer in the application's group."""
-        return [c for c in self.clients.consumers if c.group_id == "toy"][-1]
+    def fetcher(self) -> FakeConsumer:
+        """The newest engine's consumer of its stateful partitions."""
+        return [c for c in self.clients.consumers if c.group_id == "toy-fetch"][-1]
 
     def dead(self) -> list[FakeMessage]:
         return self.cluster.committed_records(DLQ)
