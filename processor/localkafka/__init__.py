@@ -34,6 +34,7 @@ from processor.localkafka.jvm import (
     accepts,
     alive,
     cluster_id,
+    configured_port,
     format_storage,
     locked,
     port_free,
@@ -226,6 +227,7 @@ def fetch() -> Path:
     with locked(paths.lock_file):
         return _fetch(paths)
 
+
 def _fetch(paths: Paths) -> Path:
     libs = paths.libs
     if _jars_cached(libs):
@@ -259,15 +261,6 @@ def _fetch(paths: Paths) -> Path:
 # -------------------------------------------------------------------------- API
 
 
-def _configured_port(paths: Paths) -> int | None:
-    with contextlib.suppress(OSError):
-        text = paths.server_properties.read_text()
-        match = re.search(r"^listeners=PLAINTEXT://[^:]+:(\d+)", text, re.MULTILINE)
-        if match:
-            return int(match.group(1))
-    return None
-
-
 def up(timeout: float = START_TIMEOUT_S) -> str:
     """Start the local broker unless it already runs; return its bootstrap address."""
     return _up(timeout)[0]
@@ -281,7 +274,7 @@ def _up(timeout: float) -> tuple[str, bool]:
     with locked(paths.lock_file):
         pid = running_pid(paths)
         if pid is not None:
-            running_port = _configured_port(paths)
+            running_port = configured_port(paths)
             if running_port != number:
                 raise LocalKafkaError(
                     f"the local broker (pid {pid}) runs on port {running_port}, not {number}; "
@@ -341,7 +334,7 @@ def down(timeout: float = STOP_TIMEOUT_S) -> bool:
 def status() -> Status:
     paths = get_paths()
     pid = running_pid(paths) if paths.home.exists() else None
-    running_port = _configured_port(paths) if pid is not None else None
+    running_port = configured_port(paths) if pid is not None else None
     address = f"{HOST}:{running_port}" if running_port is not None else None
     answers = False
     if address is not None and running_port is not None and accepts(running_port):

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,16 @@ def running_pid(files: NodeFiles) -> int | None:
     return None
 
 
+def configured_port(files: NodeFiles) -> int | None:
+    """The broker port in the node's server.properties (what a running node listens on)."""
+    with contextlib.suppress(OSError):
+        text = files.server_properties.read_text()
+        match = re.search(r"^listeners=PLAINTEXT://[^:]+:(\d+)", text, re.MULTILINE)
+        if match:
+            return int(match.group(1))
+    return None
+
+
 def port_free(number: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # Same option as the JVM's listener, so a port in TIME_WAIT counts as free.
@@ -180,11 +191,19 @@ def _java() -> str:
     return found
 
 
-def jvm_command(files: NodeFiles, libs: Path, heap: str, main_class: str, *args: str) -> list[str]:
+def jvm_command(
+    files: NodeFiles,
+    libs: Path,
+    heap: str,
+    main_class: str,
+    *args: str,
+    extra_flags: Sequence[str] = (),
+) -> list[str]:
     return [
         _java(),
         f"-Xmx{heap}",
         *_JVM_FLAGS,
+        *extra_flags,
         f"-Dkafka.logs.dir={files.logs}",
         f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
         # zstd-jni and snappy unpack native code into a temp dir; /tmp may be noexec.
@@ -234,10 +253,14 @@ def format_storage(nodes: Iterable[NodeFiles], libs: Path, cluster: str) -> None
         raise LocalKafkaError("\n".join(failures))
 
 
-def spawn(files: NodeFiles, libs: Path, heap: str) -> subprocess.Popen[bytes]:
+def spawn(
+    files: NodeFiles, libs: Path, heap: str, extra_flags: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     files.logs.mkdir(parents=True, exist_ok=True)
     files.tmp.mkdir(parents=True, exist_ok=True)
-    cmd = jvm_command(files, libs, heap, "kafka.Kafka", str(files.server_properties))
+    cmd = jvm_command(
+        files, libs, heap, "kafka.Kafka", str(files.server_properties), extra_flags=extra_flags
+    )
     with (files.logs / "stdout.log").open("wb") as out:
         # A new session: the broker outlives this Python process and ignores its Ctrl-C.
         proc = subprocess.Popen(
