@@ -188,6 +188,19 @@ class LocalCluster:
     def _cluster_id_file(self) -> Path:
         return self.home / "cluster.id"
 
+    def settings(self, node_id: int) -> dict[str, str]:
+        """The server.properties of one node."""
+        node = self.node(node_id)
+        return localkafka.kraft_settings(
+            node_id=node.node_id,
+            voters={other.node_id: other.controller_port for other in self.nodes},
+            broker_port=node.broker_port,
+            data_dir=node.files.data,
+            replicas=REPLICAS,
+            min_isr=MIN_ISR,
+            internal_partitions=INTERNAL_PARTITIONS,
+        )
+
     def _admin(self) -> AdminClient:
         return AdminClient({"bootstrap.servers": self.bootstrap, "logger": QUIET})
 
@@ -290,19 +303,9 @@ class LocalCluster:
                         f"{CLUSTER_PORT_ENV}=<port> (nodes use base..base+{2 * SIZE - 1})"
                     )
         libs = localkafka.fetch()
-        voters = {node.node_id: node.controller_port for node in self.nodes}
-        for node in self.nodes:
-            settings = localkafka.kraft_settings(
-                node_id=node.node_id,
-                voters=voters,
-                broker_port=node.broker_port,
-                data_dir=node.files.data,
-                replicas=REPLICAS,
-                min_isr=MIN_ISR,
-                internal_partitions=INTERNAL_PARTITIONS,
-            )
+        for node in nodes:
             node.files.home.mkdir(parents=True, exist_ok=True)
-            node.files.server_properties.write_text(render_properties(settings))
+            node.files.server_properties.write_text(render_properties(self.settings(node.node_id)))
         format_storage([node.files for node in nodes], libs, cluster_id(self._cluster_id_file))
         procs = [spawn(node.files, libs, HEAP, JVM_FLAGS) for node in nodes]
         try:
