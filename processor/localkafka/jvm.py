@@ -217,14 +217,19 @@ def jvm_command(
     ]
 
 
+def new_cluster_id() -> str:
+    """What `StorageTool random-uuid` prints (a base64url Kafka Uuid), minus a JVM start."""
+    value = "-"
+    while value.startswith("-"):
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return value
+
+
 def cluster_id(file: Path) -> str:
     """The KRaft cluster id kept in `file`, made on first use."""
     if file.is_file():
         return file.read_text().strip()
-    # What `StorageTool random-uuid` prints (a base64url Kafka Uuid), minus a JVM start.
-    value = "-"
-    while value.startswith("-"):
-        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    value = new_cluster_id()
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(value + "\n")
     return value
