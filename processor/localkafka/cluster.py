@@ -29,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,7 +229,7 @@ class LocalCluster:
                 started = time.monotonic()
                 names = ", ".join(node.address for node in stopped)
                 say(f"starting {len(stopped)} of {SIZE} cluster nodes on {names} (in {self.home})")
-                self._spawn(stopped, deadline)
+                self._start(stopped, lambda _procs: self._wait_up(deadline))
                 say(f"cluster ready in {time.monotonic() - started:.1f} s ({self.bootstrap})")
             else:
                 self._wait_up(deadline)
@@ -277,7 +278,7 @@ class LocalCluster:
             if running_pid(node.files) is not None:
                 return False
             self._check_running_ports()
-            self._spawn([node], deadline, whole_cluster=False)
+            self._start([node], lambda procs: self._wait_registered(node, deadline, procs[0].poll))
         if wait_healthy:
             self.wait_healthy(max(deadline - time.monotonic(), 1.0))
         return True
@@ -293,7 +294,10 @@ class LocalCluster:
                     f"{CLUSTER_PORT_ENV} to the base port it was started with"
                 )
 
-    def _spawn(self, nodes: list[Node], deadline: float, *, whole_cluster: bool = True) -> None:
+    def _start(
+        self, nodes: list[Node], wait: Callable[[list[subprocess.Popen[bytes]]], None]
+    ) -> None:
+        """Spawn `nodes`, then `wait` for them; if that fails, stop them again."""
         for node in nodes:
             for number in (node.broker_port, node.controller_port):
                 if not port_free(number):
@@ -309,10 +313,7 @@ class LocalCluster:
         format_storage([node.files for node in nodes], libs, cluster_id(self._cluster_id_file))
         procs = [spawn(node.files, libs, HEAP, JVM_FLAGS) for node in nodes]
         try:
-            if whole_cluster:
-                self._wait_up(deadline, procs)
-            else:
-                self._wait_registered(nodes[0], deadline, procs[0].poll)
+            wait(procs)
         except BaseException:
             # Also on Ctrl-C: never leave a half-started node behind.
             for node, proc in zip(nodes, procs, strict=True):
@@ -321,7 +322,7 @@ class LocalCluster:
                 node.files.pid_file.unlink(missing_ok=True)
             raise
 
-    def _wait_up(self, deadline: float, procs: Iterable[object] = ()) -> None:
+    def _wait_up(self, deadline: float) -> None:
         """Every node serves metadata and transactions, both internal topics exist with all
         their replicas (they can only be created while three brokers are up), all healthy."""
         pids = [pid for node in self.nodes if (pid := running_pid(node.files)) is not None]

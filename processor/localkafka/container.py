@@ -106,9 +106,9 @@ def _engine() -> tuple[DockerClient | None, str]:
     try:
         # A short timeout of its own: a socket that does not answer must not stall the suite.
         docker.from_env(timeout=PING_TIMEOUT_S, environment=environment).ping()
+        return DockerClient(), where
     except Exception as exc:  # docker-py raises DockerException, requests' and OS errors
         return None, f"no Docker engine answers at {where} ({type(exc).__name__})"
-    return DockerClient(), where
 
 
 def _ensure_images(client: DockerClient) -> None:
