@@ -110,6 +110,7 @@ def locked(lock_file: Path) -> Iterator[None]:
 
 
 def alive(pid: int) -> bool:
+    """Whether the process still exists and may still hold its ports and files."""
     with contextlib.suppress(ChildProcessError):
         # Reap it if it is our own child: an unreaped zombie would look alive to kill(0).
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -120,9 +121,13 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    stat = Path(f"/proc/{pid}/stat")
+    proc = Path(f"/proc/{pid}")
     with contextlib.suppress(OSError, IndexError):
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            return True
+        # A zombie main thread while the JVM's other threads still exit: the last of them
+        # closes the sockets, so the ports are not free until it is the only one left.
+        return len(list((proc / "task").iterdir())) > 1
     return True
 
 
