@@ -14,12 +14,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic
 
 from processor.localkafka import LocalKafkaError, cluster
 from processor.localkafka.cluster import LocalCluster, coordinator_partition, java_string_hash
@@ -137,12 +137,32 @@ def local_cluster() -> Iterator[LocalCluster]:
             local.down()
 
 
+def _metadata_with(admin: AdminClient, *names: str, timeout: float = 30.0) -> ClusterMetadata:
+    """Cluster metadata once it shows `names` with a leader for every partition: a new topic
+    reaches each broker's metadata a moment after create_topics returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=10)
+        topics = [metadata.topics.get(name) for name in names]
+        if all(
+            topic is not None
+            and topic.partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+            for topic in topics
+        ):
+            return metadata
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{names} not all in the metadata after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def cluster_topic(local_cluster: LocalCluster) -> Iterator[str]:
     admin = AdminClient({"bootstrap.servers": local_cluster.bootstrap})
     name = f"test-cluster-{uuid.uuid4().hex[:12]}"
     # No replication factor given: the cluster's default (3) applies.
     admin.create_topics([NewTopic(name, 3)], operation_timeout=30)[name].result(timeout=30)
+    _metadata_with(admin, name)
     yield name
     local_cluster.up()  # a failed test may have left a node down
     admin.delete_topics([name], operation_timeout=30)[name].result(timeout=30)
@@ -196,6 +216,16 @@ def _consumer(bootstrap: str, group: str) -> Consumer:
     )
 
 
+def _eventually(read: Callable[[], int], not_: int, timeout: float = 20.0) -> int:
+    """read() once it no longer answers `not_`."""
+    deadline = time.monotonic() + timeout
+    while (value := read()) == not_:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {not_} after {timeout:.0f} s")
+        time.sleep(0.2)
+    return value
+
+
 def _group_on(local: LocalCluster, node_id: int) -> str:
     """A fresh consumer group id whose coordinator is `node_id`."""
     for _ in range(200):
@@ -210,16 +240,16 @@ def test_every_topic_has_three_replicas_and_min_isr_two(
     local_cluster: LocalCluster, cluster_topic: str
 ) -> None:
     admin = AdminClient({"bootstrap.servers": local_cluster.bootstrap})
-    metadata = admin.list_topics(timeout=30)
+    names = (cluster_topic, cluster.OFFSETS_TOPIC, cluster.TRANSACTION_TOPIC)
+    metadata = _metadata_with(admin, *names)
     assert sorted(metadata.brokers) == [1, 2, 3]
-    for name in (cluster_topic, cluster.OFFSETS_TOPIC, cluster.TRANSACTION_TOPIC):
+    for name in names:
         partitions = metadata.topics[name].partitions.values()
-        assert partitions, name
         assert all(sorted(p.replicas) == [1, 2, 3] for p in partitions), name
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         configs = admin.describe_configs([resource])[resource].result(timeout=30)
         assert configs["min.insync.replicas"].value == "2", name
-    assert local_cluster.health().healthy
+    local_cluster.wait_healthy(30)
 
 
 @pytest.mark.integration
@@ -232,7 +262,7 @@ def test_producing_and_consuming_go_on_when_the_coordinator_node_stops(
     group = _group_on(local, victim)  # so stopping one node moves both coordinators
     # The group coordinator is found by the same rule as the transaction coordinator.
     admin = AdminClient({"bootstrap.servers": local.bootstrap})
-    offsets = admin.list_topics(cluster.OFFSETS_TOPIC, timeout=30).topics[cluster.OFFSETS_TOPIC]
+    offsets = _metadata_with(admin, cluster.OFFSETS_TOPIC).topics[cluster.OFFSETS_TOPIC]
     partition = coordinator_partition(group, len(offsets.partitions))
     assert offsets.partitions[partition].leader == victim
 
@@ -264,9 +294,9 @@ def test_producing_and_consuming_go_on_when_the_coordinator_node_stops(
         health = local.health()
         assert victim in health.down
         assert not health.healthy
-        moved_to = local.transaction_coordinator(transactional_id)
-        assert moved_to != victim
-        assert local.group_coordinator(group) != victim
+        # The brokers learn of the move a moment after the node is gone.
+        moved_to = _eventually(lambda: local.transaction_coordinator(transactional_id), victim)
+        _eventually(lambda: local.group_coordinator(group), victim)
 
         # Two of three replicas are in sync: transactions and offset commits still succeed.
         _transaction(producer, cluster_topic, batches[1])
@@ -275,7 +305,7 @@ def test_producing_and_consuming_go_on_when_the_coordinator_node_stops(
         _commit(consumer)
 
         assert local.start_node(victim) is True
-        assert local.health().healthy
+        local.wait_healthy(30)
         assert local.transaction_coordinator(transactional_id) in (1, 2, 3)
         assert local.group_coordinator(group) in (1, 2, 3)
         _transaction(producer, cluster_topic, batches[2])
@@ -313,7 +343,7 @@ def test_a_killed_node_is_reported_and_rejoins(local_cluster: LocalCluster) -> N
 
     assert local.start_node(victim) is True
     assert local.pid(victim) is not None
-    assert local.health().healthy
+    local.wait_healthy(30)
     assert local.start_node(victim) is False
     started = time.monotonic()
     assert local.up() == local.bootstrap  # idempotent while it runs
