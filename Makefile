@@ -24,14 +24,17 @@ lint: install  ## ruff
 kafka-fetch: install  ## fetch the Apache Kafka broker jars from Maven Central (cached)
 	$(PY) -m processor.localkafka fetch
 
-kafka-up: install  ## start the local KRaft broker on 127.0.0.1 (idempotent)
-	$(PY) -m processor.localkafka up
+# BROKERS=3 selects the three-node cluster; kafka-down and kafka-status without it mean both.
+BROKERS_FLAG = $(if $(BROKERS),--brokers $(BROKERS))
 
-kafka-down: install  ## stop the local broker (idempotent)
-	$(PY) -m processor.localkafka down
+kafka-up: install  ## start the local KRaft broker on 127.0.0.1 (idempotent; BROKERS=3: a cluster)
+	$(PY) -m processor.localkafka up $(BROKERS_FLAG)
 
-kafka-status: install  ## is the local broker running?
-	$(PY) -m processor.localkafka status
+kafka-down: install  ## stop the local broker and cluster (idempotent; BROKERS=1|3: only that)
+	$(PY) -m processor.localkafka down $(BROKERS_FLAG)
+
+kafka-status: install  ## is the local broker (and the cluster) running?
+	$(PY) -m processor.localkafka status $(BROKERS_FLAG)
 
 registry-fetch: install  ## fetch Apicurio Registry from Maven Central (cached)
 	$(PY) -m processor.localregistry fetch
@@ -61,5 +64,5 @@ run: install kafka-fetch  ## the demo: local broker + processor + simulated serv
 bench: install kafka-fetch  ## throughput, ceiling, latency, restore, RSS -> .local/bench/ (BENCH_ARGS=--help)
 	$(PY) -m processor.bench $(BENCH_ARGS)
 
-clean: kafka-down registry-down  ## stop the broker and registry, remove local data (keeps caches)
-	rm -rf .local/kafka/data .local/kafka/logs .local/registry/logs .local/registry/tmp
+clean: kafka-down registry-down  ## stop the brokers and registry, remove local data (keeps caches)
+	rm -rf .local/kafka/data .local/kafka/logs .local/kafka-cluster .local/registry/logs .local/registry/tmp

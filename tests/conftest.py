@@ -13,20 +13,31 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processor import localregistry
-from processor.localkafka import ensure_bootstrap
+from processor.localkafka.container import BrokerChoice, choose_broker
 from processor.localregistry import ensure_registry
 
 TopicFactory = Callable[..., str]
 
+# The broker this session chose, for the terminal summary (its log line is captured by pytest).
+_CHOSEN: list[BrokerChoice] = []
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """KAFKA_BOOTSTRAP_SERVERS if set, else a testcontainers Kafka, else the local broker."""
-    bootstrap, stop = ensure_bootstrap()
+    """KAFKA_BOOTSTRAP_SERVERS if set, else an apache/kafka container where Docker can start
+    one, else the local broker (processor.localkafka.container.choose_broker)."""
+    choice = choose_broker()
+    _CHOSEN.append(choice)
     try:
-        yield bootstrap
+        yield choice.bootstrap
     finally:
-        stop()
+        choice.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for choice in _CHOSEN:
+        terminalreporter.write_sep("-", "Kafka broker of the integration tests")
+        terminalreporter.write_line(choice.summary)
 
 
 @pytest.fixture(scope="session")

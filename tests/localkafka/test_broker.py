@@ -107,30 +107,6 @@ def test_up_names_the_port_and_env_var_when_the_port_is_taken(
     assert localkafka.PORT_ENV in str(info.value)
 
 
-def test_ensure_bootstrap_honours_kafka_bootstrap_servers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker.example:9092")
-    for name in ("_up", "_docker_available", "_start_container", "down"):
-        monkeypatch.setattr(localkafka, name, _fail)
-    bootstrap, stop = localkafka.ensure_bootstrap()
-    assert bootstrap == "broker.example:9092"
-    stop()  # a no-op: it stops nothing it did not start
-
-
-@pytest.mark.parametrize("started", [True, False])
-def test_ensure_bootstrap_stops_the_local_broker_only_if_it_started_it(
-    monkeypatch: pytest.MonkeyPatch, started: bool
-) -> None:
-    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
-    monkeypatch.setattr(localkafka, "_docker_available", lambda: False)
-    monkeypatch.setattr(localkafka, "_up", lambda _timeout: ("127.0.0.1:9092", started))
-    downs: list[bool] = []
-    monkeypatch.setattr(localkafka, "down", lambda: downs.append(True) or True)
-    bootstrap, stop = localkafka.ensure_bootstrap()
-    assert bootstrap == "127.0.0.1:9092"
-    stop()
-    assert downs == ([True] if started else [])
-
-
 # ---------------------------------------------------------------- real broker needed
 
 
