@@ -54,6 +54,16 @@ def duration(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
+def size(text: str) -> int:
+    """'64MiB', '512KiB', '1GiB' or bytes -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]i?b|b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 64MiB, 1GiB")
+    unit = (match[2] or "").lower().replace("ib", "").replace("b", "")
+    factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+    return int(match[1]) * factor
+
+
 def address(text: str) -> tuple[str, int] | None:
     """'HOST:PORT' (port 0: any free port), or 'off'."""
     if text == "off":
@@ -217,7 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--not-ready-deadline",
         type=duration,
         default=3600.0,
-        help="a not-ready event still waiting after this goes to the DLQ (default 1h)",
+        help="a not-ready event still waiting after this goes to the DLQ; the wait's start "
+        "is kept in the commit metadata, so restarts do not reset it (default 1h)",
+    )
+    run.add_argument(
+        "--max-parked",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="not-ready records a task (partition) may hold parked; past it, the partitions "
+        "that park pause until some complete (default %(default)s)",
+    )
+    run.add_argument(
+        "--state-memory",
+        type=size,
+        default=os.environ.get("VIP_STATE_MEMORY", "64MiB"),
+        metavar="SIZE",
+        help="memory of every RocksDB store of this instance together: one block cache, "
+        "with the memtables charged to it (env VIP_STATE_MEMORY; default %(default)s; "
+        "minimum 8MiB)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -479,6 +507,9 @@ def instance_id(state_dir: Path) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.state_memory < 8 << 20:
+        log.error("--state-memory %d bytes is below the 8MiB minimum", args.state_memory)
+        return 2
     topics = _topics(args)
     admin = _admin(args)
     require_topics(admin, topics.inputs, "input")
@@ -499,6 +530,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         commit_timeout_s=args.commit_timeout,
         commit_when_idle=args.commit_when_idle,
         backoff=Backoff(args.retry_backoff_min, args.retry_backoff_max, args.not_ready_deadline),
+        max_parked=args.max_parked,
+        state_memory=args.state_memory,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: engine.stop())
