@@ -16,18 +16,17 @@ from __future__ import annotations
 import importlib.resources
 import io
 import os
-import types
-import typing
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import fastavro
+import msgspec
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
-from processor.domain.messages import MESSAGE_TYPES, InvalidMessage
+from processor.domain.messages import MESSAGE_TYPES
 
 MAGIC = b"\xc3\x01"
 _HEADER_LEN = len(MAGIC) + 8
@@ -99,34 +98,45 @@ class SchemaStore:
 class Codec:
     """Encodes domain values to single-object Avro and back.
 
-    `types` maps Avro record names (without namespace) to dataclasses whose fields
-    match the schema's; nested records, arrays (tuples) and the uuid and
-    timestamp logical types are converted on the way.
+    `types` maps Avro record names (without namespace) to msgspec Structs whose
+    fields match the schema's. Records are read and written with the uuid logical
+    type left out (ids stay strings: no uuid.UUID built and printed per field),
+    and `msgspec.convert` turns a decoded record into its Struct in one call,
+    checking ids against the Structs' `Uuid` pattern and running their
+    `__post_init__` rules. Timestamps stay datetimes.
     """
 
     def __init__(
         self, store: SchemaStore | None = None, types: Mapping[str, type] = MESSAGE_TYPES
     ) -> None:
         self.store = store or SchemaStore()
-        self._types = dict(types)
         self._reader_of_type = {cls: self.store.reader(name) for name, cls in types.items()}
         self._type_of_name = {self._reader_of_type[cls].full_name: cls for cls in types.values()}
-        self._header_of_type = {
-            cls: MAGIC + s.fingerprint for cls, s in self._reader_of_type.items()
+        self._encoders = {
+            cls: (MAGIC + s.fingerprint, ids_as_strings(s.schema))
+            for cls, s in self._reader_of_type.items()
         }
+        # fingerprint -> (type, writer schema, reader schema or None when they are one)
+        self._decoders: dict[bytes, tuple[type, Any, Any]] = {}
+        for fp, writer in self.store.writers.items():
+            cls = self._type_of_name.get(writer.full_name)
+            if cls is None:
+                continue  # a schema of ours that is not a message (MessageHeader...)
+            reader = self._reader_of_type[cls]
+            resolve = None if reader.fingerprint == fp else ids_as_strings(reader.schema)
+            self._decoders[fp] = (cls, ids_as_strings(writer.schema), resolve)
 
     def encode(self, value: object) -> bytes:
-        schema = self._reader_of_type.get(type(value))
-        if schema is None:
+        encoder = self._encoders.get(type(value))
+        if encoder is None:
             raise CodecError("unexpected-type", f"no schema for {type(value).__name__}")
+        header, schema = encoder
         buf = io.BytesIO()
-        buf.write(self._header_of_type[type(value)])
+        buf.write(header)
         try:
-            fastavro.schemaless_writer(
-                buf, schema.schema, _to_record(value), strict=True, disable_tuple_notation=True
-            )
+            fastavro.schemaless_writer(buf, schema, to_record(value))
         except Exception as exc:  # fastavro raises many types for a bad value
-            raise CodecError("schema-violation", f"{schema.full_name}: {exc}") from exc
+            raise CodecError("schema-violation", f"{schema['name']}: {exc}") from exc
         return buf.getvalue()
 
     def writer_schema(self, data: bytes) -> WriterSchema:
@@ -141,65 +151,58 @@ class Codec:
 
     def decode(self, data: bytes, expected: type | None = None) -> Any:
         """The domain value in `data`; `expected` rejects any other record type."""
-        writer = self.writer_schema(data)
-        cls = self._type_of_name.get(writer.full_name)
-        if cls is None or (expected is not None and cls is not expected):
-            wanted = expected.__name__ if expected else "a known record"
-            raise CodecError("unexpected-type", f"got {writer.full_name}, expected {wanted}")
-        reader = self._reader_of_type[cls]
+        decoder = self._decoders.get(data[2:_HEADER_LEN]) if data[:2] == MAGIC else None
+        if decoder is None:
+            writer = self.writer_schema(data)  # raises what is wrong
+            raise CodecError("unexpected-type", f"got {writer.full_name}, expected a message")
+        cls, writer, reader = decoder
+        if expected is not None and cls is not expected:
+            wanted = expected.__name__
+            raise CodecError("unexpected-type", f"got {writer['name']}, expected {wanted}")
         body = io.BytesIO(data)
         body.seek(_HEADER_LEN)
         try:
-            record = fastavro.schemaless_reader(body, writer.schema, reader.schema)
-        except Exception as exc:  # truncated, bad UUID, bad UTF-8, unresolvable...
-            raise CodecError("undecodable", f"{writer.full_name}: {exc!r}") from exc
+            record = fastavro.schemaless_reader(body, writer, reader)
+        except Exception as exc:  # truncated, bad UTF-8, unresolvable...
+            raise CodecError("undecodable", f"{writer['name']}: {exc!r}") from exc
         if body.tell() != len(data):
             raise CodecError(
-                "undecodable", f"{writer.full_name}: {len(data) - body.tell()} trailing bytes"
+                "undecodable", f"{writer['name']}: {len(data) - body.tell()} trailing bytes"
             )
-        try:
-            return _from_record(cls, record)
-        except InvalidMessage as exc:
-            raise CodecError("invalid", f"{writer.full_name}: {exc}") from exc
+        return from_record(cls, record, writer["name"])
 
 
-# --- dataclass <-> Avro record ----------------------------------------------
+# --- Struct <-> Avro record ---------------------------------------------------
 
 
-def _to_record(value: Any) -> Any:
-    if is_dataclass(value):
-        return {f.name: _to_record(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple):
-        return [_to_record(v) for v in value]
-    return value
+def to_record(value: object) -> Any:
+    """The dict fastavro writes: nested Structs as dicts, datetimes kept."""
+    return msgspec.to_builtins(value, builtin_types=_KEPT)
 
 
-def _plain(value: Any) -> Any:
-    # fastavro reads logicalType uuid as uuid.UUID; the domain keeps strings.
-    return str(value) if isinstance(value, uuid.UUID) else value
+_KEPT = (datetime,)
 
 
-_builders: dict[type, list[tuple[str, Callable[[Any], Any]]]] = {}
+def from_record(cls: type, record: Any, name: str) -> Any:
+    """The Struct of a decoded record; ids and contract rules checked."""
+    try:
+        return msgspec.convert(record, cls)
+    except msgspec.ValidationError as exc:
+        raise CodecError("invalid", f"{name}: {exc}") from exc
 
 
-def _from_record(cls: type, record: Mapping[str, Any]) -> Any:
-    builder = _builders.get(cls)
-    if builder is None:
-        builder = _builders[cls] = _builder_for(cls)
-    return cls(**{name: convert(record[name]) for name, convert in builder})
+def ids_as_strings(schema: Any) -> Any:
+    """`schema` parsed again without the uuid logical type: the wire format is the
+    same (a string), and the fingerprint is taken over the canonical form, which
+    has no logical types anyway."""
 
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("logicalType") == "uuid":
+                return strip(node["type"])
+            return {k: strip(v) for k, v in node.items() if not k.startswith("__")}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
 
-def _builder_for(cls: type) -> list[tuple[str, Callable[[Any], Any]]]:
-    hints = typing.get_type_hints(cls)
-    builder: list[tuple[str, Callable[[Any], Any]]] = []
-    for f in fields(cls):
-        hint = hints[f.name]
-        if isinstance(hint, type) and is_dataclass(hint):
-            builder.append((f.name, lambda v, t=hint: _from_record(t, v)))
-        elif typing.get_origin(hint) is tuple:
-            builder.append((f.name, lambda v: tuple(_plain(x) for x in v)))
-        elif isinstance(hint, types.UnionType | type) or hint is Any:
-            builder.append((f.name, _plain))
-        else:
-            raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {hint}")
-    return builder
+    return fastavro.parse_schema(strip(schema), named_schemas={})

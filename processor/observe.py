@@ -14,10 +14,10 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, fields
-from datetime import datetime
+from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -96,10 +96,7 @@ class EngineCollector:
 
 
 def _jsonable(state: VipBundle) -> dict[str, object]:
-    return {
-        k: v.isoformat() if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v
-        for k, v in asdict(state).items()
-    }
+    return msgspec.to_builtins(state)  # datetimes as ISO 8601, tuples as lists
 
 
 def serve(engine: Engine, codec: Codec, host: str, port: int) -> ThreadingHTTPServer:

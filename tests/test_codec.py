@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import fastavro
 import pytest
 from fastavro.schema import fingerprint
+from msgspec.structs import replace
 
 from processor.codec import DEFAULT_SCHEMA_DIR, MAGIC, Codec, CodecError, SchemaStore
 from processor.domain.messages import (
@@ -146,8 +146,8 @@ GOOD = codec.encode(story.initialized())
         (GOOD + b"\x00", "undecodable", "1 trailing bytes"),
         (
             raw("VipBundleInitialized_v1", initialized_record(booking_id="not-a-uuid")),
-            "undecodable",
-            "UUID",
+            "invalid",
+            "booking_id",
         ),
         (
             raw("VipBundleInitialized_v1", initialized_record(number_of_tickets=0, passengers=[])),

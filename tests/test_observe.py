@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from processor.codec import Codec
 from processor.observe import serve
 from tests.factories import BundleStory
-from tests.harness import Deployment
+from tests.harness import Deployment, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +35,9 @@ def test_metrics_health_readiness_and_bundle_state(kafka_bootstrap: str, tmp_pat
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         deployment.read(until=lambda got: len(got) == 2)  # BookShowTickets, BookFlight
+        # The confirmation publishes nothing: wait until its state change is committed.
+        wait_for(lambda: running.engine.stats.processed == 3 and not running.engine.parked)
+        wait_for(lambda: json.loads(get(base, f"/bundles/{story.vip_bundle_id}")[1])["ticket_ids"])
 
         assert get(base, "/healthz")[0] == 200
         status, ready = get(base, "/readyz")
@@ -43,7 +47,8 @@ def test_metrics_health_readiness_and_bundle_state(kafka_bootstrap: str, tmp_pat
         assert status == 200
         bundle = json.loads(body)
         assert bundle["vip_bundle_id"] == story.vip_bundle_id
-        assert bundle["booking_made_at"] == story.booking_made().header.published_at.isoformat()
+        made_at = datetime.fromisoformat(bundle["booking_made_at"])  # ISO 8601, UTC as Z
+        assert made_at == story.booking_made().header.published_at
         assert bundle["ticket_ids"] == [story.ticket_ids[1]]
         assert bundle["is_finalized"] is False
 

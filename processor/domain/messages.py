@@ -2,31 +2,37 @@
 
 Field names match the Avro schemas in `schemas/` (the original Go system's JSON
 tags), so the codec maps records to these classes by name. Every class carries
-`schema_name`, the Avro record name it is written as. Validation that Avro
-cannot express (counts, positivity) runs at construction, so an invalid
-message never reaches the decision function.
+`schema_name`, the Avro record name it is written as. They are msgspec Structs:
+cheap to build, and the codec turns a decoded record into one with a single
+validating call. Ids are strings; `Uuid` fields must be RFC 4122 text, checked
+when a message is decoded. Validation that Avro cannot express (counts,
+positivity) runs in `__post_init__`, so an invalid message never reaches the
+decision function.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
+
+from msgspec import Meta, Struct
+
+_HEX = "[0-9a-fA-F]"
+_UUID = f"^{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}$"
+Uuid = Annotated[str, Meta(pattern=_UUID)]
 
 
 class InvalidMessage(ValueError):
     """A message that decodes but breaks a rule of the contract."""
 
 
-@dataclass(frozen=True, slots=True)
-class MessageHeader:
-    id: str
+class MessageHeader(Struct, frozen=True):
+    id: Uuid
     published_at: datetime
-    idempotency_key: str
+    idempotency_key: Uuid
 
 
-@dataclass(frozen=True, slots=True)
-class Money:
+class Money(Struct, frozen=True):
     amount: str
     currency: str
 
@@ -39,17 +45,16 @@ def _require_positive(name: str, value: int) -> None:
 # --- events the process manager consumes ------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class VipBundleInitializedV1:
+class VipBundleInitializedV1(Struct, frozen=True):
     schema_name: ClassVar[str] = "VipBundleInitialized_v1"
     header: MessageHeader
-    vip_bundle_id: str
-    booking_id: str
+    vip_bundle_id: Uuid
+    booking_id: Uuid
     customer_email: str
     number_of_tickets: int
-    show_id: str
+    show_id: Uuid
     passengers: tuple[str, ...]
-    inbound_flight_id: str
+    inbound_flight_id: Uuid
 
     def __post_init__(self) -> None:
         _require_positive("number_of_tickets", self.number_of_tickets)
@@ -59,53 +64,48 @@ class VipBundleInitializedV1:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class BookingMadeV1:
+class BookingMadeV1(Struct, frozen=True):
     schema_name: ClassVar[str] = "BookingMade_v1"
     header: MessageHeader
     number_of_tickets: int
-    booking_id: str
+    booking_id: Uuid
     customer_email: str
-    show_id: str
+    show_id: Uuid
 
     def __post_init__(self) -> None:
         _require_positive("number_of_tickets", self.number_of_tickets)
 
 
-@dataclass(frozen=True, slots=True)
-class TicketBookingConfirmedV1:
+class TicketBookingConfirmedV1(Struct, frozen=True):
     schema_name: ClassVar[str] = "TicketBookingConfirmed_v1"
     header: MessageHeader
-    ticket_id: str
+    ticket_id: Uuid
     customer_email: str
     price: Money
-    booking_id: str
+    booking_id: Uuid
 
 
-@dataclass(frozen=True, slots=True)
-class BookingFailedV1:
+class BookingFailedV1(Struct, frozen=True):
     schema_name: ClassVar[str] = "BookingFailed_v1"
     header: MessageHeader
-    booking_id: str
+    booking_id: Uuid
     failure_reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class FlightBookedV1:
+class FlightBookedV1(Struct, frozen=True):
     schema_name: ClassVar[str] = "FlightBooked_v1"
     header: MessageHeader
-    flight_id: str
-    flight_tickets_ids: tuple[str, ...]
-    reference_id: str
+    flight_id: Uuid
+    flight_tickets_ids: tuple[Uuid, ...]
+    reference_id: Uuid
 
 
-@dataclass(frozen=True, slots=True)
-class FlightBookingFailedV1:
+class FlightBookingFailedV1(Struct, frozen=True):
     schema_name: ClassVar[str] = "FlightBookingFailed_v1"
     header: MessageHeader
-    flight_id: str
+    flight_id: Uuid
     failure_reason: str
-    reference_id: str
+    reference_id: Uuid
 
 
 Event = (
@@ -141,47 +141,42 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 # --- what the process manager emits -----------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class VipBundleFinalizedV1:
+class VipBundleFinalizedV1(Struct, frozen=True):
     schema_name: ClassVar[str] = "VipBundleFinalized_v1"
     header: MessageHeader
-    vip_bundle_id: str
+    vip_bundle_id: Uuid
     success: bool
 
 
-@dataclass(frozen=True, slots=True)
-class BookShowTickets:
+class BookShowTickets(Struct, frozen=True):
     schema_name: ClassVar[str] = "BookShowTickets"
     header: MessageHeader
-    booking_id: str
+    booking_id: Uuid
     customer_email: str
     number_of_tickets: int
-    show_id: str
+    show_id: Uuid
 
 
-@dataclass(frozen=True, slots=True)
-class BookFlight:
+class BookFlight(Struct, frozen=True):
     schema_name: ClassVar[str] = "BookFlight"
     header: MessageHeader
     customer_email: str
-    flight_id: str
+    flight_id: Uuid
     passengers: tuple[str, ...]
-    reference_id: str
-    idempotency_key: str
+    reference_id: Uuid
+    idempotency_key: Uuid
 
 
-@dataclass(frozen=True, slots=True)
-class RefundTicket:
+class RefundTicket(Struct, frozen=True):
     schema_name: ClassVar[str] = "RefundTicket"
     header: MessageHeader
-    ticket_id: str
+    ticket_id: Uuid
 
 
 Message = BookShowTickets | BookFlight | RefundTicket | VipBundleFinalizedV1
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(Struct, frozen=True):
     """One message to publish: `kind` picks the topic family (commands./events.),
     `key` the record key (design: RefundTicket by ticket_id, the rest by bundle)."""
 
@@ -193,20 +188,19 @@ class Output:
 # --- state ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class VipBundle:
+class VipBundle(Struct, frozen=True):
     schema_name: ClassVar[str] = "VipBundle"
-    vip_bundle_id: str
-    booking_id: str
+    vip_bundle_id: Uuid
+    booking_id: Uuid
     customer_email: str
     number_of_tickets: int
-    show_id: str
+    show_id: Uuid
     passengers: tuple[str, ...]
-    inbound_flight_id: str
+    inbound_flight_id: Uuid
     booking_made_at: datetime | None = None
     # A set, kept sorted so that the changelog bytes are deterministic.
-    ticket_ids: tuple[str, ...] = field(default=())
-    inbound_flight_ticket_ids: tuple[str, ...] = field(default=())
+    ticket_ids: tuple[Uuid, ...] = ()
+    inbound_flight_ticket_ids: tuple[Uuid, ...] = ()
     is_finalized: bool = False
     failed: bool = False
 

@@ -30,8 +30,11 @@ same records and downstream services can de-duplicate.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+from msgspec.structs import replace
 
 from processor.domain.messages import (
     BookFlight,
@@ -197,9 +200,22 @@ def _command(state: VipBundle, message: Message) -> Output:
 def _header(
     state: VipBundle, message_type: type, discriminator: str, trigger: MessageHeader
 ) -> MessageHeader:
-    name = f"{state.vip_bundle_id}/{message_type.schema_name}/{discriminator}"
+    name = f"{state.vip_bundle_id}/{message_type.schema_name}/{discriminator}".encode()
     return MessageHeader(
-        id=str(uuid.uuid5(MESSAGE_ID_NAMESPACE, name)),
+        id=_uuid5(_MESSAGE_ID_PREFIX, name),
         published_at=trigger.published_at,
-        idempotency_key=str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, name)),
+        idempotency_key=_uuid5(_IDEMPOTENCY_PREFIX, name),
     )
+
+
+_MESSAGE_ID_PREFIX = MESSAGE_ID_NAMESPACE.bytes
+_IDEMPOTENCY_PREFIX = IDEMPOTENCY_NAMESPACE.bytes
+
+
+def _uuid5(namespace: bytes, name: bytes) -> str:
+    """str(uuid.uuid5(namespace, name)), without building UUID objects (a hot path)."""
+    digest = bytearray(hashlib.sha1(namespace + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
