@@ -1,15 +1,18 @@
 """A throwaway deployment of the process manager on the real test broker.
 
 Each `Deployment` has its own application id and output topic names, so tests
-never see each other's records.
+never see each other's records. Every topic whose name holds that application id
+is deleted when the test ends (tests/conftest.py), pass or fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,6 +70,9 @@ class Received:
     key: str
     message: Any
     headers: dict[str, bytes]
+    partition: int = -1
+    offset: int = -1
+    header_list: tuple[tuple[str, bytes], ...] = ()  # in order, repeated names kept
 
 
 @dataclass
@@ -87,6 +93,58 @@ class RunningEngine:
             raise self.errors[0]
 
 
+class TopicLeakWarning(UserWarning):
+    """Topics a test made could not be deleted; the test's own result stands."""
+
+
+def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> list[str]:
+    """Deletes `names` that exist; returns those that could not be deleted. Never raises:
+    it runs at teardown, where an error must not hide or change the test's result."""
+    names = list(names)
+    if not names:
+        return []
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        listed = admin.list_topics(timeout=timeout).topics
+        present = sorted(set(names) & set(listed))
+        if not present:
+            return []
+        futures = admin.delete_topics(present, operation_timeout=timeout)
+    except Exception:  # a broker that is gone: nothing more can be done from here
+        return names
+    failed = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+        except Exception:
+            failed.append(name)
+    return failed
+
+
+def topics_named_after(bootstrap: str, marker: str, timeout: float = 10.0) -> list[str]:
+    """Every topic on the broker whose name contains `marker`."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return [t for t in admin.list_topics(timeout=timeout).topics if marker in t]
+
+
+# Deployments made since the last clean-up, registered before they create any topic.
+_live: list[Deployment] = []
+
+
+def clean_up_deployments(bootstrap: str | None = None) -> None:
+    """Stops the engines tests left running and deletes the topics of every deployment
+    made since the last call (only those on `bootstrap`, if given). Warns, never raises."""
+    for deployment in [d for d in _live if bootstrap in (None, d.bootstrap)]:
+        _live.remove(deployment)
+        leftover = deployment.close()
+        if leftover:
+            warnings.warn(
+                f"could not delete the topics of {deployment.app}: {leftover}",
+                TopicLeakWarning,
+                stacklevel=2,
+            )
+
+
 @dataclass
 class Deployment:
     bootstrap: str
@@ -95,6 +153,7 @@ class Deployment:
     input_partitions: tuple[int, ...] = (2,)  # cycled over the six input topics
     inputs_of: Deployment | None = None  # share another deployment's input topics
     topics: Topics = field(init=False)
+    _running: list[RunningEngine] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         app = f"test-{uuid.uuid4().hex[:10]}"
@@ -103,6 +162,7 @@ class Deployment:
         private = {t: f"{t}.{owner}" for t in Topics().inputs}
         private |= {t: f"{t}.{app}" for t in Topics().outputs}
         self.topics = Topics(app, private)
+        _live.append(self)  # before any topic exists: a failure below still cleans up
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         ensure_internal_topics(admin, self.topics, self.partitions)
         sizes = itertools.cycle(self.input_partitions)
@@ -116,6 +176,22 @@ class Deployment:
     @property
     def app(self) -> str:
         return self.topics.application_id
+
+    def close(self) -> list[str]:
+        """Stops engines still running (a test that failed midway) and deletes every
+        topic named after this application id: internal, private inputs and outputs,
+        and any a test or `processor run` derived from it. Returns what is left."""
+        for running in self._running:
+            with contextlib.suppress(Exception):
+                running.engine.stop()
+                running.thread.join(30)
+        with contextlib.suppress(Exception):
+            self._producer.flush(5)
+        try:
+            doomed = topics_named_after(self.bootstrap, self.app)
+        except Exception:
+            return [f"*{self.app}*"]
+        return delete_topics(self.bootstrap, doomed)
 
     # --- running instances ----------------------------------------------------
 
@@ -139,6 +215,7 @@ class Deployment:
                 raise
 
         running.thread = threading.Thread(target=run, name=f"engine-{instance}", daemon=True)
+        self._running.append(running)
         running.thread.start()
         wait_for(engine.ready.is_set, what=f"instance {instance} assigned and restored")
         return running
@@ -176,12 +253,19 @@ class Deployment:
             self.send_raw(self.topics.input(e.schema_name), key, codec.encode(e)) for e in events
         ]
 
-    def send_raw(self, topic: str, key: str | bytes | None, value: bytes | None) -> tuple[int, int]:
+    def send_raw(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> tuple[int, int]:
         where: list[tuple[int, int]] = []
         self._producer.produce(
             topic,
             value,
             key,
+            headers=headers,
             on_delivery=lambda err, msg: where.append((msg.partition(), msg.offset())),
         )
         self._producer.flush(30)
@@ -228,12 +312,16 @@ class Deployment:
                 quiet_since = None
                 value = msg.value()
                 is_ours = msg.topic() in self.topics.outputs
+                headers = tuple(msg.headers() or [])
                 received.append(
                     Received(
                         msg.topic(),
                         (msg.key() or b"").decode(),
                         codec.decode(value) if is_ours else value,
-                        dict(msg.headers() or []),
+                        dict(headers),
+                        msg.partition(),
+                        msg.offset(),
+                        headers,
                     )
                 )
         finally:
