@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +102,82 @@ class RunningEngine:
             raise self.errors[0]
 
 
+@dataclass
+class Process:
+    """A `processor run` subprocess: its log in a file, its HTTP endpoints by the port
+    it logged (it binds port 0)."""
+
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    _base: str | None = None
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def http(self, timeout: float = 60.0) -> str:
+        """Base URL of its HTTP server, once it logged it."""
+        if self._base is None:
+            found: list[str] = []
+
+            def logged() -> bool:
+                assert self.alive(), f"processor exited {self.popen.returncode}:\n{self.log}"
+                found.extend(re.findall(r"HTTP on (http://[\d.]+:\d+)", self.log))
+                return bool(found)
+
+            wait_for(logged, timeout, "the processor's HTTP server")
+            self._base = found[0]
+        return self._base
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.http() + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until it owns partitions and restored them (/readyz)."""
+        self.http(timeout)
+        wait_for(lambda: self.get("/readyz")[0] == 200, timeout, "the processor ready")
+
+    def bundle(self, vip_bundle_id: str) -> dict[str, Any] | None:
+        """The committed state of a bundle in this instance's store (/bundles/<id>)."""
+        for _ in range(50):
+            status, body = self.get(f"/bundles/{vip_bundle_id}")
+            if status != 503:  # 503: a rebalance closed a store; ask again
+                break
+            time.sleep(0.1)
+        if status == 404:
+            return None
+        assert status == 200, (status, body)
+        return dict(json.loads(body))
+
+    def metric(self, name: str) -> float:
+        """A Prometheus sample of /metrics, e.g. vip_bundle_aborted_total."""
+        match = re.search(rf"^{re.escape(name)} (\S+)$", self.get("/metrics")[1], re.MULTILINE)
+        assert match, f"no metric {name}"
+        return float(match[1])
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a clean stop) and its exit code."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGCONT)  # in case a test stopped it
+            self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.popen.kill()
+        self.popen.wait(30)
+
+
 class TopicLeakWarning(UserWarning):
     """Topics a test made could not be deleted; the test's own result stands."""
 
@@ -154,6 +239,7 @@ class Deployment:
     inputs_of: Deployment | None = None  # share another deployment's input topics
     topics: Topics = field(init=False)
     _running: list[RunningEngine] = field(init=False, default_factory=list)
+    _processes: list[Process] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         app = f"test-{uuid.uuid4().hex[:10]}"
@@ -181,6 +267,9 @@ class Deployment:
         """Stops engines still running (a test that failed midway) and deletes every
         topic named after this application id: internal, private inputs and outputs,
         and any a test or `processor run` derived from it. Returns what is left."""
+        for process in self._processes:
+            with contextlib.suppress(Exception):
+                process.kill()
         for running in self._running:
             with contextlib.suppress(Exception):
                 running.engine.stop()
@@ -220,16 +309,30 @@ class Deployment:
         wait_for(engine.ready.is_set, what=f"instance {instance} assigned and restored")
         return running
 
-    def cli_args(self, state_dir: Path, instance: str, *extra: str) -> list[str]:
-        """Arguments of `processor run` for this deployment."""
+    def cli_args(self, state_dir: Path, instance: str | None, *extra: str) -> list[str]:
+        """Arguments of `processor run` for this deployment (instance None: the id kept
+        in the state dir)."""
         args = ["run", "--bootstrap-servers", self.bootstrap, "--application-id", self.app]
-        args += ["--state-dir", str(state_dir), "--instance-id", instance]
+        args += ["--state-dir", str(state_dir)]
+        args += ["--instance-id", instance] if instance is not None else []
         args += ["--partitions", str(self.partitions), "--http", "127.0.0.1:0"]
         for default, name in self.topics.overrides.items():
             args += ["--topic", f"{default}={name}"]
         for key, value in FAST_GROUP.items():
             args += ["-X", f"{key}={value}"]
         return [*args, *extra]
+
+    def spawn(self, state_dir: Path, instance: str | None, *extra: str) -> Process:
+        """`processor run` in a subprocess; killed at the test's end if still running."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        log_path = state_dir.parent / f"{state_dir.name}-{len(self._processes)}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        args = [sys.executable, "-m", "processor", *self.cli_args(state_dir, instance, *extra)]
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = Process(popen, log_path)
+        self._processes.append(process)
+        return process
 
     # --- input ------------------------------------------------------------------
 
@@ -351,6 +454,20 @@ def expected_outputs(topics: Topics, events: Iterable[Event]) -> Expected:
         for out in decision.outputs:
             expected[(topics.output(out), out.key, out.message)] += 1
     return expected
+
+
+def final_state(events: Iterable[Event]) -> dict[str, Any]:
+    """The pure saga's state after `events` fed in this order, as /bundles/<id> shows it."""
+    state = None
+    for event in events:
+        decision = decide(state, event)
+        assert isinstance(decision, Apply), decision
+        state = decision.state
+    assert state is not None
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v
+        for k, v in asdict(state).items()
+    }
 
 
 def observed(received: Iterable[Received]) -> Expected:
