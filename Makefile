@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install lint test run bench kafka-fetch kafka-up kafka-down kafka-status clean
+.PHONY: help install lint test run bench kafka-fetch kafka-up kafka-down kafka-status \
+	registry-fetch registry-up registry-down registry-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -32,7 +33,19 @@ kafka-down: install  ## stop the local broker (idempotent)
 kafka-status: install  ## is the local broker running?
 	$(PY) -m processor.localkafka status
 
-test: install kafka-fetch lint  ## every test; the fixtures start the broker they need
+registry-fetch: install  ## fetch Apicurio Registry from Maven Central (cached)
+	$(PY) -m processor.localregistry fetch
+
+registry-up: install  ## start the local Schema Registry on 127.0.0.1 (idempotent); prints its URL
+	$(PY) -m processor.localregistry up
+
+registry-down: install  ## stop the local Schema Registry (idempotent)
+	$(PY) -m processor.localregistry down
+
+registry-status: install  ## is the local Schema Registry running?
+	$(PY) -m processor.localregistry status
+
+test: install kafka-fetch registry-fetch lint  ## every test; the fixtures start the broker and registry they need
 	$(PY) -m pytest
 
 # `make run RUN_ARGS="--bundles 5000 --rate 100"` sizes the demo.
@@ -48,5 +61,5 @@ run: install kafka-fetch  ## the demo: local broker + processor + simulated serv
 bench: install kafka-fetch  ## throughput, ceiling, latency, restore, RSS -> .local/bench/ (BENCH_ARGS=--help)
 	$(PY) -m processor.bench $(BENCH_ARGS)
 
-clean: kafka-down  ## stop the broker and remove local data (keeps the jar cache)
-	rm -rf .local/kafka/data .local/kafka/logs
+clean: kafka-down registry-down  ## stop the broker and registry, remove local data (keeps caches)
+	rm -rf .local/kafka/data .local/kafka/logs .local/registry/logs .local/registry/tmp

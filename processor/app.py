@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from processor.codec import Codec
-from processor.manage import saga_handler
-from processor.routing import index_entries, saga_router
-from processor.runtime.engine import Engine, EngineConfig
-from processor.runtime.global_table import GlobalTable
+from processor.logs import kafka_logger
+from processor.manage import BundleSerde, saga_handler
+from processor.routing import INDEX, index_entries, saga_router_factory
+from processor.runtime.clients import Clients, KafkaClients
+from processor.runtime.engine import Engine, EngineConfig, TableSpec
 from processor.topology import Topics
 
 
@@ -27,11 +28,11 @@ def build_engine(
     state_dir: Path,
     client_config: dict[str, str] | None = None,
     codec: Codec | None = None,
+    clients: Clients | None = None,
     **engine_options: Any,
 ) -> Engine:
     """`state_dir` is this instance's (already including the application id)."""
     codec = codec or Codec()
-    client_config = dict(client_config or {})
     config = EngineConfig(
         bootstrap_servers=bootstrap_servers,
         application_id=topics.application_id,
@@ -41,18 +42,15 @@ def build_engine(
         changelog_topic=topics.changelog,
         dlq_topic=topics.dlq,
         state_dir=state_dir,
-        client_config=client_config,
+        client_config=dict(client_config or {}),
     )
     config = replace(config, **engine_options)
-    index = GlobalTable(
-        topics.input("VipBundleInitialized_v1"),
-        state_dir / "booking-index",
-        index_entries(codec),
-        {"bootstrap.servers": bootstrap_servers, **client_config},
-    )
+    index = TableSpec(topics.input("VipBundleInitialized_v1"), INDEX, index_entries(codec))
     return Engine(
         config,
         saga_handler(codec, topics),
-        saga_router(codec, topics, index),
-        global_tables=(index,),
+        BundleSerde(codec),
+        router=saga_router_factory(codec, topics),
+        tables=(index,),
+        clients=clients or KafkaClients(logger=kafka_logger()),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import platform
 import random
 import re
 import signal
@@ -12,8 +13,10 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
+import confluent_kafka
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
@@ -28,14 +31,17 @@ from processor.admin import (
 )
 from processor.app import build_engine
 from processor.codec import Codec
+from processor.connect import DEFAULT_CONNECT_TIMEOUT_S, KafkaUnreachable, wait_for_kafka
+from processor.logs import setup as setup_logging
 from processor.observe import serve
 from processor.reset import ResetRefused, Target, iso_datetime, render, reset
-from processor.runtime.task import Backoff
+from processor.runtime.parking import Backoff
 from processor.simulation.runner import SimulationConfig, report, simulate
 from processor.simulation.services import Knobs
 from processor.topology import DEFAULT_APPLICATION_ID, Topics
 
 log = logging.getLogger("processor")
+DISTRIBUTION = "vip-bundle-process-manager"
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -97,10 +103,26 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
         "e.g. --topic events.BookingMade_v1=bookings.made",
     )
     parser.add_argument(
+        "--connect-timeout",
+        type=duration,
+        default=os.environ.get("VIP_CONNECT_TIMEOUT", f"{DEFAULT_CONNECT_TIMEOUT_S:g}s"),
+        metavar="DURATION",
+        help="at start-up, give up (exit 2) when no broker answers within this; once "
+        "started, broker outages are waited out (env VIP_CONNECT_TIMEOUT; default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="DEBUG also logs every not-ready retry and skipped event (default %(default)s)",
+        help="DEBUG also logs every not-ready retry and skipped event, and librdkafka's "
+        "debug lines when -X debug=... asks for them (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line (time, level, logger, message, exception) for log "
+        "shippers (default %(default)s)",
     )
 
 
@@ -127,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "\n'processor COMMAND --help' shows every option of a command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -161,7 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--commit-interval",
         type=duration,
         default=0.1,
-        help="how often the transaction commits (default 100ms)",
+        help="the longest a transaction stays open while records keep coming; more "
+        "records per transaction means more throughput and more latency (default 100ms)",
+    )
+    run.add_argument(
+        "--no-commit-when-idle",
+        dest="commit_when_idle",
+        action="store_false",
+        help="wait out --commit-interval even when nothing more was fetched (by default a "
+        "caught-up engine commits at once, for latency)",
     )
     run.add_argument(
         "--commit-timeout",
@@ -275,7 +306,100 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _simulation_args(demo)
     demo.set_defaults(func=cmd_demo)
+    _schemas_command(commands)
     return parser
+
+
+def version_text() -> str:
+    try:
+        ours = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        ours = "(not installed)"
+    return (
+        f"processor {ours} (confluent-kafka {metadata.version('confluent-kafka')}, "
+        f"librdkafka {confluent_kafka.libversion()[0]}, Python {platform.python_version()})"
+    )
+
+
+def _schemas_command(commands: argparse._SubParsersAction) -> None:
+    schemas = commands.add_parser("schemas", help="Schema Registry: register our schemas")
+    actions = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
+    register = actions.add_parser(
+        "register",
+        help="register the writer schemas of the topics the processor writes",
+        description="Register, under TopicNameStrategy subjects (<topic>-value), the Avro\n"
+        "schemas the processor writes with: the four outputs and the changelog\n"
+        "(<application-id>-vip-bundles-changelog); with --inputs the six input topics too.\n"
+        "For registries where the processor itself may not register. Idempotent: a schema\n"
+        "already registered keeps its id.\n\n"
+        "Exit 0 when all are registered (or, with --check, compatible); 2 when a subject's\n"
+        "compatibility rule refuses a schema or an option is wrong; 1 when the registry\n"
+        "cannot be reached.",
+        epilog="examples:\n"
+        "  processor schemas register --schema-registry http://registry:8081\n"
+        "  processor schemas register --inputs --compatibility BACKWARD \\\n"
+        "      --schema-registry-option basic.auth.user.info=user:secret\n"
+        "  processor schemas register --check   # test compatibility, register nothing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    register.add_argument(
+        "--schema-registry",
+        metavar="URL",
+        default=os.environ.get("SCHEMA_REGISTRY_URL"),
+        help="the registry's Confluent-compatible API, e.g. http://127.0.0.1:28081/apis/ccompat/v7 "
+        "for the local Apicurio (env SCHEMA_REGISTRY_URL; required)",
+    )
+    register.add_argument(
+        "--schema-registry-option",
+        dest="registry_options",
+        metavar="KEY=VALUE",
+        type=key_value,
+        action="append",
+        default=[],
+        help="SchemaRegistryClient setting (repeatable; a schema.registry. prefix is "
+        "dropped), e.g. basic.auth.user.info=USER:PASSWORD, ssl.ca.location=/ca.pem, "
+        "ssl.certificate.location=..., ssl.key.location=..., timeout=10",
+    )
+    register.add_argument(
+        "--application-id",
+        default=os.environ.get("VIP_APPLICATION_ID", DEFAULT_APPLICATION_ID),
+        help="names the changelog topic (env VIP_APPLICATION_ID; default %(default)s)",
+    )
+    register.add_argument(
+        "--topic",
+        dest="topic_overrides",
+        metavar="DEFAULT=NAME",
+        type=key_value,
+        action="append",
+        default=[],
+        help="use NAME instead of the default topic name DEFAULT (repeatable), as for run",
+    )
+    register.add_argument(
+        "--inputs",
+        action="store_true",
+        help="also the six input topics (for producers of events, tests and the simulator)",
+    )
+    mode = register.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--compatibility",
+        type=str.upper,
+        metavar="LEVEL",
+        help="first set this compatibility rule on each subject: BACKWARD, FORWARD, FULL, "
+        "their _TRANSITIVE forms, or NONE (default: leave the rules as they are)",
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="only test each schema against its subject's rule; register nothing",
+    )
+    register.add_argument(
+        "--schema-dir",
+        type=Path,
+        metavar="DIR",
+        help="the schemas/ folder (default: the one the codec reads: env VIP_SCHEMA_DIR, "
+        "else schemas/ beside the package)",
+    )
+    register.set_defaults(func=cmd_schemas_register, log_level="INFO", log_format="text")
 
 
 def _simulation_args(parser: argparse.ArgumentParser) -> None:
@@ -338,7 +462,8 @@ def _topics(args: argparse.Namespace) -> Topics:
 
 
 def _admin(args: argparse.Namespace) -> AdminClient:
-    return AdminClient({"bootstrap.servers": args.bootstrap_servers, **dict(args.client_config)})
+    """An AdminClient once the brokers answer; KafkaUnreachable after --connect-timeout."""
+    return wait_for_kafka(args.bootstrap_servers, dict(args.client_config), args.connect_timeout)
 
 
 def instance_id(state_dir: Path) -> str:
@@ -359,6 +484,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_topics(admin, topics.inputs, "input")
     require_topics(admin, topics.outputs, "output")
     partitions = ensure_internal_topics(admin, topics, args.partitions)
+    # Nothing would poll it while the engine runs: its log lines would queue up unserved.
+    del admin
     state_dir = args.state_dir / args.application_id
     codec = Codec()
     engine = build_engine(
@@ -370,6 +497,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         codec=codec,
         commit_interval_s=args.commit_interval,
         commit_timeout_s=args.commit_timeout,
+        commit_when_idle=args.commit_when_idle,
         backoff=Backoff(args.retry_backoff_min, args.retry_backoff_max, args.not_ready_deadline),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -417,9 +545,10 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     target = Target.of(args.to_datetime, args.by_duration)
+    admin = _admin(args)
     try:
         rows = reset(
-            _admin(args),
+            admin,
             _topics(args),
             args.state_dir / args.application_id,
             target,
@@ -435,6 +564,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    _admin(args)  # the brokers answer, or exit 2 with why
     console = Console(stderr=True, quiet=args.no_progress)
     result = simulate(_simulation_config(args), console)
     report(result, Console())
@@ -459,6 +589,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         str(args.partitions),
         "--log-level",
         args.log_level,
+        "--log-format",
+        args.log_format,
+        "--connect-timeout",
+        f"{args.connect_timeout:g}s",
         "--http",
         args.http,
     ]
@@ -484,15 +618,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_schemas_register(args: argparse.Namespace) -> int:
+    # Imported here: the registry client's HTTP stack is not needed by the other commands.
+    from processor import registry
+    from processor.codec import DEFAULT_SCHEMA_DIR
+
+    if not args.schema_registry:
+        log.error("no registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL")
+        return 2
+    try:
+        client = registry.make_client(args.schema_registry, args.registry_options)
+        found = registry.load_writer_schemas(args.schema_dir or DEFAULT_SCHEMA_DIR)
+        schemas = registry.processor_topic_schemas(_topics(args), found, inputs=args.inputs)
+        if args.compatibility:
+            for topic in schemas:
+                registry.set_compatibility(client, args.compatibility, topic)
+        if args.check:
+            refused = [t for t, s in schemas.items() if not registry.is_compatible(client, t, s)]
+            for topic in schemas:
+                verdict = "REFUSED" if topic in refused else "compatible"
+                print(f"{verdict:<10} {registry.subject_for(topic)}")
+            return 2 if refused else 0
+        ids = registry.register_schemas(client, schemas)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # Bad options, an unknown compatibility level, a missing schema folder;
+        # IncompatibleSchema is a ValueError too.
+        log.error("%s", exc)
+        return 2
+    except registry.RegistryUnavailable as exc:
+        log.error("registry %s: %s", args.schema_registry, exc)
+        return 1
+    for topic, schema_id in ids.items():
+        print(f"id {schema_id:<6} {registry.subject_for(topic)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level, args.log_format)
     try:
         return args.func(args)
+    except KafkaUnreachable as exc:
+        log.error("%s", exc)
+        return 2
     except TopologyError as exc:
         log.error("%s", exc)
         return 2

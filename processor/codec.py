@@ -13,6 +13,7 @@ and resolve to the current reader schema.
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import os
 import types
@@ -30,9 +31,19 @@ from processor.domain.messages import MESSAGE_TYPES, InvalidMessage
 
 MAGIC = b"\xc3\x01"
 _HEADER_LEN = len(MAGIC) + 8
-DEFAULT_SCHEMA_DIR = Path(
-    os.environ.get("VIP_SCHEMA_DIR", Path(__file__).resolve().parent.parent / "schemas")
-)
+
+
+def _default_schema_dir() -> Path:
+    """VIP_SCHEMA_DIR if set; else `schemas/`, installed as the package `processor_schemas`
+    (the repository's own directory in an editable install, a copy in a wheel's)."""
+    override = os.environ.get("VIP_SCHEMA_DIR")
+    if override:
+        return Path(override)
+    # A regular package on disk: files() is its directory (fastavro needs real paths).
+    return Path(str(importlib.resources.files("processor_schemas")))
+
+
+DEFAULT_SCHEMA_DIR = _default_schema_dir()
 
 
 class CodecError(ValueError):

@@ -2,7 +2,8 @@
 
 GET /metrics   Prometheus text format (counters read from the engine at scrape time)
 GET /healthz   200 while the processing loop turns, 503 when it is stuck
-GET /readyz    200 once partitions are assigned and restored, 503 before
+GET /readyz    200 once every task runs (restored) and the global tables caught up, 503
+               before and during every later rebalance; the body says what is restoring
 GET /bundles/<vip_bundle_id>   the bundle's committed state as JSON, if this instance owns it
 """
 
@@ -22,7 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from processor.codec import Codec
 from processor.domain.messages import VipBundle
-from processor.runtime.engine import Engine, Stats
+from processor.runtime.engine import Engine
+from processor.runtime.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,10 @@ STUCK_AFTER_S = 60.0
 _HELP = {
     "processed": "records whose outcome changed state and was committed",
     "skipped": "records ignored by the saga (duplicates, after finalization)",
+    "replayed": "records re-read after a restart that the last commit had processed (skipped)",
     "forwarded": "input events routed to a repartition topic",
     "not_routed": "input events of no VIP bundle, skipped by the route stage",
-    "retried": "not-ready attempts (each one holds its partition and retries later)",
+    "retried": "not-ready attempts (each parks its bundle on its topic until retried)",
     "dead_lettered": "records sent to the dead-letter queue",
     "restored": "changelog records restored into local stores",
     "transactions": "committed transactions",
@@ -58,9 +61,32 @@ class EngineCollector:
             value=len(self._engine.assigned_partitions),
         )
         yield GaugeMetricFamily(
-            "vip_bundle_held_partitions",
-            "source partitions held at a not-ready record",
-            value=self._engine.held_partitions,
+            "vip_bundle_parked_records",
+            "not-ready records parked (their bundle waits; other bundles flow)",
+            value=self._engine.parked,
+        )
+        yield GaugeMetricFamily(
+            "vip_bundle_oldest_parked_seconds",
+            "how long the oldest parked record has waited (survives restarts)",
+            value=self._engine.oldest_wait_s(),
+        )
+        yield GaugeMetricFamily(
+            "vip_bundle_paused_partitions",
+            "partitions paused by backpressure (too many parked records, a table catching up)",
+            value=self._engine.paused_partitions,
+        )
+        readiness = self._engine.readiness()
+        restoring = readiness["restoring"]
+        assert isinstance(restoring, dict)
+        yield GaugeMetricFamily(
+            "vip_bundle_restoring_partitions",
+            "stores still restoring from their changelog",
+            value=len(restoring),
+        )
+        yield GaugeMetricFamily(
+            "vip_bundle_restore_remaining_records",
+            "changelog records still to restore",
+            value=sum(r["remaining"] for r in restoring.values()),
         )
         yield GaugeMetricFamily(
             "vip_bundle_seconds_since_loop",
@@ -90,9 +116,8 @@ def serve(engine: Engine, codec: Codec, host: str, port: int) -> ThreadingHTTPSe
                 stuck = time.monotonic() - engine.last_loop_at > STUCK_AFTER_S
                 self._json(503 if stuck else 200, {"alive": not stuck})
             elif path == "/readyz":
-                ready = engine.ready.is_set()
-                partitions = sorted(engine.assigned_partitions)
-                self._json(200 if ready else 503, {"ready": ready, "partitions": partitions})
+                readiness = engine.readiness()
+                self._json(200 if readiness["ready"] else 503, readiness)
             elif path.startswith("/bundles/"):
                 self._bundle(path.removeprefix("/bundles/"))
             else:

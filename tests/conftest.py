@@ -1,8 +1,10 @@
-"""Shared fixtures: a real Kafka broker for integration tests (see processor.localkafka),
-and the deletion of every topic a test made, whatever its result."""
+"""Shared fixtures: a real Kafka broker and a real Schema Registry for integration tests (see
+processor.localkafka and processor.localregistry), and the deletion of every topic a test
+made, whatever its result."""
 
 from __future__ import annotations
 
+import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -10,7 +12,9 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from processor import localregistry
 from processor.localkafka import ensure_bootstrap
+from processor.localregistry import ensure_registry
 from tests.harness import TopicLeakWarning, clean_up_deployments, delete_topics
 
 TopicFactory = Callable[..., str]
@@ -33,6 +37,32 @@ def _delete_deployment_topics() -> Iterator[None]:
     pass or fail; a failed deletion is a TopicLeakWarning, never a test error."""
     yield
     clean_up_deployments()
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    """SCHEMA_REGISTRY_URL if set, else the local Apicurio Registry (started if need be, and
+    stopped at the end only if this session started it). Tests share it: use unique subjects."""
+    url, stop = ensure_registry()
+    try:
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def local_registry_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The project's own registry (processor.localregistry), even when SCHEMA_REGISTRY_URL
+    points elsewhere: for tests of the registry process itself."""
+    if not os.environ.get(localregistry.URL_ENV):
+        yield request.getfixturevalue("schema_registry_url")
+        return
+    url, started = localregistry._up(localregistry.START_TIMEOUT_S)
+    try:
+        yield url
+    finally:
+        if started:
+            localregistry.down()
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""docker-compose.yml against the code: no Docker and no broker needed.
+"""docker-compose.yml against the code: no Docker and no broker needed (the registry's
+healthcheck is tried on the local registry).
 
 Every service that runs the processor image runs a command the CLI's own parser accepts (so
 every flag exists), every env var it sets is one the package reads, the two processor instances
-are distinct, and the broker has the single-node settings of the local broker.
+are distinct, the broker has the single-node settings of the local broker, and the registry is
+the local registry's Apicurio, in memory, with a healthcheck that works.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from processor import localregistry
 from processor.cli import build_parser, duration
 from processor.localkafka import kafka_version, render_server_properties
 
@@ -24,6 +29,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "processor" / "Dockerfile"
 PACKAGE = ROOT / "processor"
 BROKER = "kafka"
+REGISTRY = "schema-registry"
 
 # Broker settings a single node needs (replicas of internal topics, transactions, group joins,
 # no auto-created topics): the compose broker must match the local broker's.
@@ -315,9 +321,62 @@ def test_broker_is_a_single_kraft_node_set_up_like_the_local_broker(
     assert mounts(broker).get(properties["log.dirs"]), "the broker's log.dirs is not on a volume"
 
 
+def test_image_builds_its_wheel_with_the_schemas() -> None:
+    # pyproject.toml maps the package processor_schemas onto schemas/: without it in the
+    # build directory, `pip install .` fails.
+    lines = [line.split() for line in DOCKERFILE.read_text().splitlines()]
+    copies = {line[1].rstrip("/"): i for i, line in enumerate(lines) if line[:1] == ["COPY"]}
+    install = next(i for i, line in enumerate(lines) if line[:4] == ["RUN", "pip", "install", "."])
+    assert "schemas" in copies, "the image does not COPY schemas/"
+    assert copies["schemas"] < install, "schemas/ is copied after the package is installed"
+
+
 def test_image_points_vip_schema_dir_at_the_copied_schemas() -> None:
     text = DOCKERFILE.read_text()
     schema_dir = re.search(r"\bVIP_SCHEMA_DIR=(\S+)", text)
     copied = re.search(r"^COPY\s+schemas/?\s+(\S+)", text, re.MULTILINE)
     assert schema_dir and copied
     assert schema_dir[1].rstrip("/") == copied[1].rstrip("/")
+
+
+def test_registry_is_the_local_registrys_apicurio_in_memory_with_backward(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    registry = services[REGISTRY]
+    version = localregistry.apicurio_version()
+    assert registry["image"] == f"apicurio/apicurio-registry:{version}", "same as the local one"
+    env = environment(registry)
+    assert (env["APICURIO_STORAGE_KIND"], env["APICURIO_STORAGE_SQL_KIND"]) == ("sql", "h2")
+    assert env["APICURIO_DATASOURCE_URL"].startswith("jdbc:h2:mem:")
+    assert env["APICURIO_RULES_GLOBAL_COMPATIBILITY"] == localregistry.COMPATIBILITY
+    # Only the API is published, and only on the host's loopback.
+    published = [str(p) for p in registry.get("ports") or []]
+    assert published and all(p.startswith("127.0.0.1:") for p in published), published
+    assert {p.rsplit(":", 1)[1] for p in published} == {env["QUARKUS_HTTP_PORT"]}
+    assert "healthcheck" in registry
+
+
+def _healthcheck_on(services: dict[str, dict[str, Any]], port: int) -> int:
+    """Run the registry's healthcheck here with bash, aimed at `port`; its exit code."""
+    registry = services[REGISTRY]
+    test = registry["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"], test
+    management = environment(registry)["QUARKUS_MANAGEMENT_PORT"]
+    target = f"/dev/tcp/127.0.0.1/{management}"
+    assert target in test[3]
+    # `$$` is compose's escape for a literal `$`.
+    script = test[3].replace(target, f"/dev/tcp/127.0.0.1/{port}").replace("$$", "$")
+    return subprocess.run(["bash", "-c", script], capture_output=True, timeout=30).returncode
+
+
+@pytest.mark.integration
+def test_registry_healthcheck_tells_ready_from_not(
+    services: dict[str, dict[str, Any]], local_registry_url: str
+) -> None:
+    api = localregistry.port()
+    assert _healthcheck_on(services, api + 1) == 0  # the management port: ready
+    assert _healthcheck_on(services, api) != 0  # the API port has no /health/ready: 404
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    assert _healthcheck_on(services, closed) != 0

@@ -40,8 +40,8 @@ from processor.bench.workload import Bundle, Stories, key_of, produce, produce_h
 from processor.codec import Codec
 from processor.runtime.engine import Engine
 from processor.runtime.offsets import end_offsets, start_offsets
-from processor.runtime.restore import restore
-from processor.runtime.store import PartitionStore
+from processor.runtime.restore import Restorer
+from processor.runtime.store import PartitionStore, StateMemory
 from processor.topology import BUNDLE_HEADER, Topics
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-_RESTORED = re.compile(r"task \d+: restored (\d+) changelog records in ([\d.]+)s")
+_RESTORED = re.compile(r"task \d+ restored (\d+) records in ([\d.]+)s")
 
 
 # --- the bench ----------------------------------------------------------------------------
@@ -691,26 +691,33 @@ class Bench:
         reader.close()
         self.progress.update(task, completed=1)
 
-        # The engine's restorer, restore() on a fresh store per partition, one by one
-        # as on an assignment.
-        restorer = Consumer(
-            {
-                "bootstrap.servers": self.config.bootstrap_servers,
-                "group.id": f"{self.app}-restore",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
+        # The engine's restorer: every partition together into fresh stores, a slice
+        # per step, as the engine's loop drives it.
+        restorer = Restorer(
+            Consumer(
+                {
+                    "bootstrap.servers": self.config.bootstrap_servers,
+                    "group.id": f"{self.app}-restore",
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                    "queued.max.messages.kbytes": 16384,
+                }
+            ),
+            self.admin,
+            changelog,
         )
         root = self.state_dir / "restored"
-        restored = 0
+        memory = StateMemory()
+        stores = {p: PartitionStore(root / str(p), memory) for _, p in partitions}
         started = time.monotonic()
-        for key in partitions:
-            store = PartitionStore(root / str(key[1]))
-            try:
-                restored += restore(restorer, store, *key, low=lows[key], end=ends[key])
-            finally:
-                store.close()
+        restorer.add(stores)
+        while restorer.active:
+            if time.monotonic() - started > self.config.timeout_s:
+                raise BenchError(f"restore of {changelog} stalled")
+            restorer.step(timeout=0.01)
+        restored = restorer.restored
+        for store in stores.values():
+            store.close()
         restore_s = time.monotonic() - started
         restorer.close()
         self.progress.update(task, completed=2)
@@ -767,7 +774,7 @@ class Bench:
                 done = [(int(n), float(s)) for n, s in _RESTORED.findall(text)]
                 restored = sum(n for n, _ in done)
                 self.progress.update(task, completed=restored)
-                if "assigned partitions" in text and restored >= bundles:
+                if "ready: " in text and restored >= bundles:
                     break
                 if time.monotonic() - spawned > cfg.timeout_s:
                     raise BenchError(f"processor restored {restored} of {bundles}; see {log_path}")

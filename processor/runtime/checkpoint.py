@@ -1,26 +1,41 @@
-"""One Kafka transaction: outputs, changelog and DLQ records, and input offsets.
+"""One Kafka transaction and the tasks whose work it carries.
 
-begin -> send / changelog ... -> commit (or abort). The offsets of the changelog
-records, learnt from delivery reports during the commit's flush, tell each
-task which changelog offset its newly committed state reflects.
+begin -> tasks produce outputs -> commit:
+  1. every task prepares: one changelog record per key it changed;
+  2. the producer flushes (delivery reports give the changelog offsets);
+  3. the tasks' positions (with their parking metadata) go to the transaction;
+  4. commit;
+  5. every task flushes its state to RocksDB with the changelog offset it reflects.
+A failure before 5 aborts: the tasks drop what they staged and rewind.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from processor.runtime.handler import OutputRecord
+from processor.runtime.clients import Producer
+from processor.runtime.handler import Headers
 
 
 class CommitStuck(Exception):
     """The commit neither succeeded nor failed in time."""
 
 
+class Committable(Protocol):
+    """What a task does at each step of a commit."""
+
+    def prepare(self, checkpoint: Checkpoint) -> None: ...
+    def offsets(self) -> list[TopicPartition]: ...
+    def flush(self, changelog_offsets: dict[int, int]) -> None: ...
+
+
 class Checkpoint:
-    def __init__(self, producer: Producer, changelog_topic: str) -> None:
+    def __init__(self, producer: Producer, changelog_topic: str | None) -> None:
         self._producer = producer
         self._changelog_topic = changelog_topic
         self._changelog_offsets: dict[int, int] = {}
@@ -28,6 +43,7 @@ class Checkpoint:
         self.is_open = False
         self.opened_at = 0.0
         self.records = 0
+        self._prepared = False  # a retried commit must not produce the changelog twice
 
     def begin(self) -> None:
         if not self.is_open:
@@ -35,73 +51,99 @@ class Checkpoint:
             self.is_open = True
             self.opened_at = time.monotonic()
             self.records = 0
+            self._prepared = False
             self._changelog_offsets.clear()
             self._failed.clear()
 
-    def send(self, record: OutputRecord, timestamp: int = 0) -> None:
-        self._produce(record.topic, record.key, record.value, record.headers, timestamp)
-
-    def changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
-        self._produce(self._changelog_topic, key, value, None, 0, partition)
-
-    def _produce(
+    def send(
         self,
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes]] | None,
-        timestamp: int,
-        partition: int = -1,
+        headers: Headers | None = None,
+        timestamp: int = 0,
     ) -> None:
-        self.begin()
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    headers=headers,
-                    partition=partition,
-                    timestamp=timestamp,
-                    on_delivery=self._delivered,
-                )
-                break
-            except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.05)
+        if not self.is_open:
+            self.begin()
+        produce = self._producer.produce
+        try:
+            produce(topic, value, key, headers=headers, timestamp=timestamp)
+        except BufferError:  # local queue full: let deliveries drain, then once more
+            self._producer.poll(0.05)
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers, timestamp=timestamp)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
         self.records += 1
+
+    def changelog(self, partition: int, changes: dict[bytes, bytes | None]) -> None:
+        """Produces `changes` to changelog partition `partition`; the delivery report
+        of the last one tells the offset they end at (a partition's records are
+        delivered in order)."""
+        assert self._changelog_topic is not None, "changelog records without a changelog"
+        if not changes:
+            return
+        self.begin()
+        last = len(changes) - 1
+        for i, (key, value) in enumerate(changes.items()):
+            while True:
+                try:
+                    self._producer.produce(
+                        self._changelog_topic,
+                        value,
+                        key,
+                        partition=partition,
+                        on_delivery=self._delivered if i == last else None,
+                    )
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+        self.records += len(changes)
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._failed.append(err)
-        elif msg.topic() == self._changelog_topic:
-            partition, offset = msg.partition(), msg.offset()
-            if offset > self._changelog_offsets.get(partition, -1):
-                self._changelog_offsets[partition] = offset
+        else:
+            self._changelog_offsets[msg.partition()] = msg.offset() + 1
 
-    def commit(self, offsets: list[TopicPartition], group_metadata: object) -> dict[int, int]:
-        """Commits the transaction; returns the next changelog offset per partition
-        written in it. Raises KafkaException as librdkafka reports it."""
-        self._producer.flush()  # serve delivery reports here, before the commit
+    def commit(self, tasks: Sequence[Committable], group_metadata: Any) -> None:
+        """Steps 1-4: commits the transaction with every task's work. Raises
+        KafkaException as librdkafka reports it; the tasks still hold their staged
+        state then. The caller does step 5 (`task.flush`) once this returned."""
+        self.begin()
+        if not self._prepared:
+            for task in tasks:
+                task.prepare(self)
+            self._prepared = True
+        self._producer.flush()  # serve the delivery reports here, before the commit
+        if self._failed:
+            raise KafkaException(self._failed[0])
+        offsets = [tp for task in tasks for tp in task.offsets()]
         if offsets:
             self._producer.send_offsets_to_transaction(offsets, group_metadata)
         self._producer.commit_transaction()
-        if self._failed:  # cannot happen after a successful commit; never hide it
-            raise KafkaException(self._failed[0])
         self.is_open = False
-        return {p: o + 1 for p, o in self._changelog_offsets.items()}
+
+    @property
+    def changelog_offsets(self) -> dict[int, int]:
+        """Changelog partition -> the next offset, after the last commit."""
+        return self._changelog_offsets
 
     def commit_within(
-        self, offsets: list[TopicPartition], group_metadata: object, timeout_s: float
-    ) -> dict[int, int]:
+        self, tasks: Sequence[Committable], group_metadata: Any, timeout_s: float
+    ) -> None:
         """`commit`, given up after `timeout_s`: librdkafka's send_offsets_to_transaction
         can hang for good after its group coordinator went away, whatever its timeout
         (librdkafka issues #5511 and #5456). Raises CommitStuck then; the caller must
         replace the producer, whose successor fences and aborts the stuck transaction."""
-        outcome: list[dict[int, int] | BaseException] = []
+        outcome: list[BaseException | None] = []
 
         def run() -> None:
             try:
-                outcome.append(self.commit(offsets, group_metadata))
+                self.commit(tasks, group_metadata)
+                outcome.append(None)
             except BaseException as exc:  # handed to the calling thread
                 outcome.append(exc)
 
@@ -110,11 +152,10 @@ class Checkpoint:
         worker.join(timeout_s)
         if not outcome:
             raise CommitStuck(f"transaction commit did not return within {timeout_s:.0f}s")
-        if isinstance(outcome[0], BaseException):
+        if outcome[0] is not None:
             raise outcome[0]
-        return outcome[0]
 
     def abort(self) -> None:
         if self.is_open:
-            self._producer.abort_transaction()
             self.is_open = False
+            self._producer.abort_transaction()

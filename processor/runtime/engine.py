@@ -1,10 +1,18 @@
-"""The stateful exactly-once loop: consume the sources, run tasks, commit transactions.
+"""The exactly-once loop: poll, dispatch to tasks, restore, commit.
 
 One consumer in the application's group (range assignment, so partition p of
-every source topic lands on the same instance), one transactional producer per
-instance. Every commit interval, the outputs, changelog and DLQ records and the
-consumed offsets commit in one transaction; only then does each task write its
-staged state to RocksDB.
+every source topic lands on the same instance; static membership, so a
+restarted instance takes its partitions back at once), one transactional
+producer per instance. Each turn of the loop:
+
+  1. consume a batch and hand each record to the task owning its partition;
+  2. restore a slice of every restoring store, read a slice of the global tables;
+  3. let every running task process what it holds (and retry parked records);
+  4. pause partitions whose tasks push back, resume the others;
+  5. commit when the interval is up, or at once when nothing more was fetched.
+
+Rebalance callbacks only create tasks (restoring, paused) and drop them; the
+loop does the rest, so membership, commits and health go on while stores restore.
 """
 
 from __future__ import annotations
@@ -12,42 +20,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from processor.runtime.checkpoint import Checkpoint, CommitStuck
-from processor.runtime.dlq import NotReadyTooLong, dead_letter
-from processor.runtime.global_table import GlobalTable
-from processor.runtime.handler import (
-    BadInput,
-    Forward,
-    Handler,
-    InputRecord,
-    Outcome,
-    Reject,
-    Retry,
-    Router,
-    Skip,
-    Stage,
-)
-from processor.runtime.offsets import end_offsets, start_offsets
-from processor.runtime.restore import restore
-from processor.runtime.store import PartitionStore
-from processor.runtime.task import Backoff, Task
+from processor.runtime.clients import Clients, KafkaClients
+from processor.runtime.clock import Clock
+from processor.runtime.global_table import Extract, GlobalTable, GlobalTables
+from processor.runtime.handler import Handler, Router, StateSerde
+from processor.runtime.parking import Backoff
+from processor.runtime.restore import Restorer
+from processor.runtime.stats import Stats
+from processor.runtime.store import MiB, PartitionStore, StateMemory, StoreTransaction
+from processor.runtime.task import RouteTask, StatefulTask, TaskState
 
 log = logging.getLogger(__name__)
+
+Task = RouteTask | StatefulTask
+TP = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -63,9 +56,13 @@ class EngineConfig:
     backoff: Backoff = field(default_factory=Backoff)
     client_config: Mapping[str, str] = field(default_factory=dict)  # every client
     consumer_config: Mapping[str, str] = field(default_factory=dict)  # the group consumer's
-    batch_size: int = 500
+    batch_size: int = 1000
     commit_timeout_s: float = 60.0  # a commit stuck longer: new producer, rewind
     route_topics: tuple[str, ...] = ()  # stateless: any partition count
+    max_parked: int = 1000  # per task; past it the task's parking partitions pause
+    state_memory: int = 64 * MiB  # every RocksDB store of the instance together
+    static_membership: bool = True
+    commit_when_idle: bool = True  # nothing more fetched: commit now, not at the interval
 
     @property
     def transactional_id(self) -> str:
@@ -73,17 +70,16 @@ class EngineConfig:
         return f"{self.application_id}-{self.instance_id}"
 
 
-@dataclass
-class Stats:
-    processed: int = 0
-    skipped: int = 0
-    forwarded: int = 0
-    not_routed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    restored: int = 0
-    transactions: int = 0
-    aborted: int = 0
+@dataclass(frozen=True)
+class TableSpec:
+    """A global table the engine keeps: `name` is its store's folder."""
+
+    topic: str
+    name: str
+    extract: Extract
+
+
+RouterFactory = Callable[[Mapping[str, GlobalTable]], Router]
 
 
 class Engine:
@@ -91,48 +87,76 @@ class Engine:
         self,
         config: EngineConfig,
         handler: Handler,
-        router: Router | None = None,
-        global_tables: tuple[GlobalTable, ...] = (),
+        serde: StateSerde,
+        router: RouterFactory | None = None,
+        tables: Sequence[TableSpec] = (),
+        clients: Clients | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
-        self.handler = handler
-        self.router = router
-        self.global_tables = global_tables
-        self._route_topics = frozenset(config.route_topics)
-        self._route_positions: dict[tuple[str, int], int] = {}
+        self._clock = clock or Clock()  # parking's: wall clock waits, monotonic retries
         self.stats = Stats()
-        self.ready = threading.Event()  # set once the first assignment is restored
+        self.ready = threading.Event()  # every task runs, the global tables caught up
         self.last_loop_at = time.monotonic()  # liveness: the loop is not stuck
+        self._handler = handler
+        self._serde = serde
+        self._clients = clients or KafkaClients()
         self._stopping = threading.Event()
-        self._tasks: dict[int, Task] = {}
+        self._route_topics = frozenset(config.route_topics)
+        self._tasks: dict[str, Task] = {}
+        self._by_tp: dict[TP, Task] = {}
+        self._pending: set[int] = set()  # assigned stateful partitions without a task yet
+        self._suspended: dict[int, PartitionStore] = {}  # revoked; reused if they come back
+        self._paused: set[TP] = set()  # pushed back by their task
+        self._assigned_once = False
+        self._tables_behind = False
+        self.memory = StateMemory(config.state_memory)
         common = {"bootstrap.servers": config.bootstrap_servers, **config.client_config}
-        self._consumer = Consumer(
-            {
-                **common,
-                "group.id": config.application_id,
-                "client.id": config.transactional_id,
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                # A new application id starts from the beginning, as Kafka Streams does.
-                "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "range",
-                # librdkafka prefetches up to 64 MB into the one consumer queue: on a
-                # backlog the repartitioned records would wait behind all of it.
-                "queued.max.messages.kbytes": 2048,
-                **config.consumer_config,
-            }
+        group = {
+            **common,
+            "group.id": config.application_id,
+            "client.id": config.transactional_id,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            # A new application id starts from the beginning, as Kafka Streams does.
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",
+            # A bounded prefetch: records wait in the tasks' buffers, not in librdkafka.
+            "queued.max.messages.kbytes": 8192,
+            **config.consumer_config,
+        }
+        if config.static_membership:
+            group["group.instance.id"] = config.transactional_id
+        self._consumer = self._clients.consumer(group)
+        reader = {
+            **common,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",  # a stored offset below retention
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "queued.max.messages.kbytes": 16384,
+        }
+        # Admin clients only log when polled: the loop polls them now and then.
+        self._admins = (self._clients.admin(common), self._clients.admin(common))
+        self._admins_polled_at = 0.0
+        self._restorer = Restorer(
+            self._clients.consumer({**reader, "group.id": f"{config.application_id}-restore"}),
+            self._admins[0],
+            config.changelog_topic,
         )
-        self._restorer = Consumer(
-            {
-                **common,
-                "group.id": f"{config.application_id}-restore",
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",  # a stored offset below retention
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
+        built = {
+            spec.topic: GlobalTable(
+                spec.topic,
+                config.state_dir / spec.name,
+                spec.extract,
+                self._clients.consumer({**reader, "group.id": f"global-table-{spec.topic}"}),
+                self.memory,
+            )
+            for spec in tables
+        }
+        self._tables = GlobalTables(built.values(), self._admins[1])
+        self._router = router(built) if router is not None else None
         self._producer_config = {
             **common,
             "transactional.id": config.transactional_id,
@@ -142,18 +166,26 @@ class Engine:
             "partitioner": "murmur2_random",
             "transaction.timeout.ms": 10_000,
         }
-        self._producer = Producer(self._producer_config)
-        self._abandoned: list[Producer] = []  # stuck in a call: kept alive, never used
-        self._admin = AdminClient(common)
+        self._producer = self._clients.producer(self._producer_config)
+        self._abandoned: list[object] = []  # stuck in a call: kept alive, never used
         self._checkpoint = Checkpoint(self._producer, config.changelog_topic)
 
     # --- lifecycle -------------------------------------------------------------
 
     def run(self) -> None:
         """Processes until `stop()`; commits or aborts the open transaction on the way out."""
+        self.start()
+        try:
+            while not self._stopping.is_set():
+                self.turn()
+            self._leave()
+        finally:
+            self.close()
+
+    def start(self) -> None:
+        """Fences any predecessor, starts the global tables and joins the group."""
         self._producer.init_transactions(60)
-        for table in self.global_tables:
-            table.catch_up()
+        self._tables.start()
         self._consumer.subscribe(
             [*self.config.route_topics, *self.config.source_topics],
             on_assign=self._on_assign,
@@ -161,186 +193,203 @@ class Engine:
             on_lost=self._on_lost,
         )
         log.info("instance %s joined group %s", self.config.instance_id, self.config.application_id)
-        try:
-            while not self._stopping.is_set():
-                self._poll_once()
-            self._commit_or_abort()
-        finally:
-            self._close()
+
+    def turn(self) -> None:
+        """One turn of the loop (see the module's docstring)."""
+        self._turn()
+
+    def _leave(self) -> None:
+        self._commit_or_abort()
+        # A static member does not leave the group when it closes, and its
+        # partitions would wait out its session; leaving first hands them over now.
+        # The leave is sent once the revocation was served by a poll.
+        self._consumer.unsubscribe()
+        deadline = time.monotonic() + 10
+        while self._consumer.assignment() and time.monotonic() < deadline:
+            self._consumer.consume(100, timeout=0.05)
+        self._consumer.consume(1, timeout=0.05)
 
     def stop(self) -> None:
         self._stopping.set()
 
-    @property
-    def assigned_partitions(self) -> set[int]:
-        return set(self._tasks)
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        finally:
+            for task in self._tasks.values():
+                task.close()
+            self._tasks.clear()
+            self._by_tp.clear()
+            for store in self._suspended.values():
+                store.close()
+            self._suspended.clear()
+            self._restorer.close()
+            self._tables.close()
+            self._producer.flush(5)
+            log.info("instance %s stopped: %s", self.config.instance_id, self.stats)
+
+    # --- what the outside may ask (from other threads too) -----------------------
 
     @property
-    def held_partitions(self) -> int:
-        """Source partitions waiting on a not-ready record."""
-        return sum(len(task.waiting) for task in list(self._tasks.values()))
+    def global_tables(self) -> GlobalTables:
+        return self._tables
+
+    @property
+    def assigned_partitions(self) -> set[int]:
+        return {t.partition for t in list(self._tasks.values()) if isinstance(t, StatefulTask)}
+
+    def stateful_tasks(self) -> list[StatefulTask]:
+        return [t for t in list(self._tasks.values()) if isinstance(t, StatefulTask)]
+
+    @property
+    def paused_partitions(self) -> int:
+        """Partitions paused because their task pushes back (parking bound, table wait)."""
+        return len(self._paused)
+
+    @property
+    def parked(self) -> int:
+        return sum(len(t.parking) for t in self.stateful_tasks())
+
+    def oldest_wait_s(self) -> float:
+        oldest = [since for t in self.stateful_tasks() if (since := t.parking.oldest_since_ms())]
+        return (self._clock.wall_ms() - min(oldest)) / 1000 if oldest else 0.0
+
+    def readiness(self) -> dict[str, object]:
+        """What /readyz says: ready only when every task runs and the tables caught up."""
+        restoring = {
+            str(r.partition): {"restored": r.restored, "remaining": r.remaining}
+            for r in list(self._restorer.active.values())
+        }
+        return {
+            "ready": self.ready.is_set(),
+            "partitions": sorted(self.assigned_partitions),
+            "restoring": restoring,
+            "initializing": sorted(self._pending),
+            "global_tables": {"caught_up": self._tables.ready, "lag": self._tables.lag},
+        }
 
     def lookup(self, key: bytes) -> bytes | None:
         """The committed state of `key`, if one of this instance's tasks holds it.
         Safe from another thread: RocksDB reads are; a store closing under a
         rebalance raises, and the caller retries."""
-        for task in list(self._tasks.values()):
-            value = task.store.get(key)
+        for task in self.stateful_tasks():
+            value = task.txn.store.get(key)
             if value is not None:
                 return value
         return None
 
-    def _close(self) -> None:
-        try:
-            self._consumer.close()  # revokes (commits nothing more) and leaves the group
-        finally:
-            for task in self._tasks.values():
-                task.close()
-            self._tasks.clear()
-            self._restorer.close()
-            for table in self.global_tables:
-                table.close()
-            self._producer.flush(5)
-            log.info("instance %s stopped: %s", self.config.instance_id, self.stats)
-
     # --- the loop ----------------------------------------------------------------
 
-    def _poll_once(self) -> None:
-        self.last_loop_at = time.monotonic()
-        messages = self._consumer.consume(self.config.batch_size, timeout=self._poll_timeout())
-        batches: dict[int, list[InputRecord]] = defaultdict(list)
-        to_route: list[InputRecord] = []
+    def _turn(self) -> None:
+        now = self.last_loop_at = time.monotonic()
+        if self._pending:
+            self._initialize_tasks()
+        messages = self._consumer.consume(self.config.batch_size, timeout=self._poll_timeout(now))
+        by_tp = self._by_tp
         for msg in messages:
-            error = msg.error()
-            if error is not None:
-                if error.fatal():
-                    raise KafkaException(error)
-                log.warning("consumer: %s", error)
-                continue
-            record = InputRecord(
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-                timestamp=msg.timestamp()[1],
-                key=msg.key(),
-                value=msg.value(),
-                headers=list(msg.headers() or []),
-            )
-            if record.topic in self._route_topics:
-                to_route.append(record)
-            else:
-                batches[record.partition].append(record)
-        for table in self.global_tables:
-            table.poll()
-        if to_route:
-            self._route(to_route)
-        for partition, records in batches.items():
-            task = self._tasks.get(partition)
-            if task is None:
-                continue  # revoked while the batch was in flight
-            held = task.run(records, lambda r, t=task: self._handle(t, r))
-            if held:
-                self._consumer.pause([TopicPartition(topic, partition) for topic in held])
-        self._retry_due()
-        if (
-            self._checkpoint.is_open
-            and time.monotonic() - self._checkpoint.opened_at >= self.config.commit_interval_s
+            task = by_tp.get((msg.topic(), msg.partition()))
+            if task is not None:
+                task.add(msg)
+            elif msg.error() is not None:
+                self._consumer_error(msg.error())
+        if self._restorer.active:
+            # Nothing else came in: wait a little for the changelogs instead of spinning.
+            for done in self._restorer.step(timeout=0.0 if messages else 0.01):
+                elapsed = time.monotonic() - done.started_at
+                log.info(
+                    "task %d restored %d records in %.2fs",
+                    done.partition,
+                    done.restored,
+                    elapsed,
+                )
+                self._start(self._tasks[f"task {done.partition}"])
+            self.stats.restored = self._restorer.restored
+        self._tables_behind = self._tables.step()
+        now = time.monotonic()
+        parking_now = self._clock.monotonic()
+        out = self._checkpoint
+        for task in self._tasks.values():
+            if task.state is TaskState.RUNNING and (task.pending or self._due(task, parking_now)):
+                task.process(out, parking_now)
+        self._push_back()
+        if out.is_open and (
+            (not messages and self.config.commit_when_idle)
+            or now - out.opened_at >= self.config.commit_interval_s
         ):
             self._commit()
+        if now - self._admins_polled_at >= 1.0:
+            self._admins_polled_at = now
+            for admin in self._admins:
+                admin.poll(0)
+        if not self.ready.is_set() and self._is_ready():
+            self.ready.set()
+            log.info("ready: %d tasks running", len(self._tasks))
 
-    def _poll_timeout(self) -> float:
+    @staticmethod
+    def _due(task: Task, now: float) -> bool:
+        if not isinstance(task, StatefulTask):
+            return False
+        due = task.next_due()
+        return due is not None and due <= now
+
+    def _poll_timeout(self, now: float) -> float:
+        if self._restorer.active or self._tables_behind:
+            return 0.0
         timeout = 0.1
         if self._checkpoint.is_open:
-            left = self.config.commit_interval_s - (time.monotonic() - self._checkpoint.opened_at)
-            timeout = min(timeout, max(left, 0.0))
-        return timeout
+            left = self.config.commit_interval_s - (now - self._checkpoint.opened_at)
+            timeout = min(timeout, left)
+        parking_now = self._clock.monotonic()
+        for task in self.stateful_tasks():
+            due = task.next_due()
+            if due is not None:
+                timeout = min(timeout, due - parking_now)
+        return max(timeout, 0.0)
 
-    def _handle(self, task: Task, record: InputRecord) -> Outcome | None:
-        self._checkpoint.begin()
-        try:
-            outcome = self.handler(record, task.get(record.key or b""))
-        except BadInput as exc:
-            self._dead_letter(record, exc)
-            return None
-        if isinstance(outcome, Retry):
-            if task.past_deadline(record, time.monotonic()):
-                self._dead_letter(record, NotReadyTooLong(outcome.reason))
-                return None
-            self.stats.retried += 1
-            log.debug(
-                "%s[%d]@%d not ready: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                outcome.reason,
-            )
-            return outcome
-        if isinstance(outcome, Stage):
-            for out in outcome.records:
-                self._checkpoint.send(out, record.timestamp)
-            self._checkpoint.changelog(task.partition, record.key or b"", outcome.state)
-            self.stats.processed += 1
-        elif isinstance(outcome, Skip):
-            self.stats.skipped += 1
-        return outcome
+    def _consumer_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consumer: %s", error)
 
-    def _route(self, records: list[InputRecord]) -> None:
-        assert self.router is not None, "route topics without a router"
-        outcomes = self.router(records)
-        self._checkpoint.begin()
-        for record, outcome in zip(records, outcomes, strict=True):
-            match outcome:
-                case Forward():
-                    for out in outcome.records:
-                        self._checkpoint.send(out, record.timestamp)
-                    self.stats.forwarded += 1
-                case Skip():
-                    self.stats.not_routed += 1
-                    log.debug(
-                        "%s[%d]@%d not routed: %s",
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        outcome.reason,
-                    )
-                case Reject():
-                    self._dead_letter(record, BadInput(outcome.reason))
-            self._route_positions[(record.topic, record.partition)] = record.offset + 1
-
-    def _dead_letter(self, record: InputRecord, error: Exception) -> None:
-        log.warning(
-            "dead-lettered %s[%d]@%d to %s: %s: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            self.config.dlq_topic,
-            type(error).__name__,
-            error,
+    def _is_ready(self) -> bool:
+        return (
+            self._assigned_once
+            and not self._pending
+            and not self._restorer.active
+            and self._tables.ready
         )
-        self._checkpoint.send(dead_letter(self.config.dlq_topic, record, error), record.timestamp)
-        self.stats.dead_lettered += 1
 
-    def _retry_due(self) -> None:
-        now = time.monotonic()
-        for task in self._tasks.values():
-            for topic, offset in task.due(now):
-                self._consumer.seek(TopicPartition(topic, task.partition, offset))
-                self._consumer.resume([TopicPartition(topic, task.partition)])
+    def _push_back(self) -> None:
+        """Pauses the partitions tasks hold back; resumes the ones they let go, from
+        the first record the task has not buffered."""
+        blocked = {tp for task in self._tasks.values() for tp in task.blocked()}
+        if blocked == self._paused:
+            return
+        if new := blocked - self._paused:
+            self._consumer.pause([TopicPartition(t, p) for t, p in new])
+        if released := self._paused - blocked:
+            tps = []
+            for t, p in released:
+                task = self._by_tp.get((t, p))
+                if task is None or task.state is not TaskState.RUNNING:
+                    continue
+                tps.append(TopicPartition(t, p))
+            if tps:
+                self._consumer.resume(tps)
+        self._paused = blocked
 
     # --- transactions --------------------------------------------------------------
 
+    def _running(self) -> list[Task]:
+        return [t for t in self._tasks.values() if t.state is TaskState.RUNNING]
+
     def _commit(self) -> None:
-        offsets = [
-            TopicPartition(topic, partition, offset)
-            for partition, task in self._tasks.items()
-            for topic, offset in task.positions.items()
-        ]
-        offsets += [TopicPartition(t, p, o) for (t, p), o in self._route_positions.items()]
+        tasks = self._running()
         backoff = 0.1
         while True:
             try:
-                changelog_ends = self._checkpoint.commit_within(
-                    offsets, self._consumer.consumer_group_metadata(), self.config.commit_timeout_s
+                self._checkpoint.commit_within(
+                    tasks, self._consumer.consumer_group_metadata(), self.config.commit_timeout_s
                 )
                 break
             except CommitStuck as exc:
@@ -364,8 +413,8 @@ class Engine:
                     self._abort_and_rewind()
                     return
                 raise
-        for partition, task in self._tasks.items():
-            task.committed(changelog_ends.get(partition))
+        for task in tasks:
+            task.flush(self._checkpoint.changelog_offsets)
         self.stats.transactions += 1
 
     def _commit_or_abort(self) -> None:
@@ -380,61 +429,153 @@ class Engine:
         """A new producer with the same transactional.id: init_transactions fences the
         stuck one and aborts its open transaction on the broker."""
         self._abandoned.append(self._producer)
-        self._producer = Producer(self._producer_config)
+        self._producer = self._clients.producer(self._producer_config)
         self._producer.init_transactions(60)
         self._checkpoint = Checkpoint(self._producer, self.config.changelog_topic)
 
     def _rewind(self) -> None:
-        """Drops what the transaction staged and seeks back to the committed offsets."""
+        """Drops what the transaction staged and goes back to the committed offsets."""
         self.stats.aborted += 1
-        assigned = self._consumer.assignment()
-        for tp in self._consumer.committed(assigned, timeout=30):
+        running = self._running()
+        for task in running:
+            task.abort()
+        tps = [TopicPartition(t, p) for task in running for t, p in task.partitions]
+        committed = self._consumer.committed(tps, timeout=30) if tps else []
+        for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-        self._consumer.resume(assigned)
-        for task in self._tasks.values():
-            task.aborted()
-            task.positions.clear()
-        self._route_positions.clear()
+        self._resume_tasks(committed)
+        if self._paused:
+            self._consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+            self._paused = set()
+
+    def _resume_tasks(self, committed: list[TopicPartition]) -> None:
+        by_task: dict[str, list[TopicPartition]] = {}
+        for tp in committed:
+            task = self._by_tp.get((tp.topic, tp.partition))
+            if task is not None:
+                by_task.setdefault(task.name, []).append(tp)
+        for name, tps in by_task.items():
+            self._tasks[name].resume_from(tps)
+
+    # --- tasks ------------------------------------------------------------------------
+
+    def _add_task(self, task: Task) -> None:
+        self._tasks[task.name] = task
+        for tp in task.partitions:
+            self._by_tp[tp] = task
+
+    def _drop_task(self, task: Task, keep_store: bool) -> None:
+        self._tasks.pop(task.name, None)
+        for tp in task.partitions:
+            self._by_tp.pop(tp, None)
+            self._paused.discard(tp)
+        if isinstance(task, StatefulTask):
+            self._restorer.remove([task.partition])
+            if keep_store:
+                task.abort()
+                self._suspended[task.partition] = task.txn.store
+                return
+        task.close()
+
+    def _initialize_tasks(self) -> None:
+        """Opens the stores of newly assigned partitions, reads what the last commit
+        says waits in them, and starts restoring: nothing here reads a changelog."""
+        new, self._pending = sorted(self._pending), set()
+        stores = {}
+        for p in new:
+            store = self._suspended.pop(p, None)
+            stores[p] = store or PartitionStore(
+                self.config.state_dir / self.config.changelog_topic / str(p), self.memory
+            )
+        for store in self._suspended.values():  # not coming back: another instance owns them
+            store.close()
+        self._suspended.clear()
+        tasks = []
+        for p, store in stores.items():
+            task = StatefulTask(
+                p,
+                self.config.source_topics,
+                self._handler,
+                StoreTransaction(store, self._serde),
+                self.config.backoff,
+                self.config.dlq_topic,
+                self.stats,
+                self.config.max_parked,
+                self._clock,
+            )
+            self._add_task(task)
+            tasks.append(task)
+        tps = [TopicPartition(t, p) for task in tasks for t, p in task.partitions]
+        self._resume_tasks(self._consumer.committed(tps, timeout=30) if tps else [])
+        started = time.monotonic()
+        for p in self._restorer.add(stores):
+            self._start(self._tasks[f"task {p}"])
+        if self._restorer.active:
+            log.info(
+                "restoring %d of %d new tasks (%d records) while the loop goes on",
+                len(self._restorer.active),
+                len(tasks),
+                sum(r.remaining for r in self._restorer.active.values()),
+            )
+        log.debug("tasks %s initialized in %.3fs", new, time.monotonic() - started)
+
+    def _start(self, task: Task) -> None:
+        """Restored: the task runs and its partitions are fetched."""
+        task.state = TaskState.RUNNING
+        self._consumer.resume([TopicPartition(t, p) for t, p in task.partitions])
 
     # --- rebalance ------------------------------------------------------------------
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        stateful = {tp.partition for tp in partitions if tp.topic not in self._route_topics}
-        new = sorted(stateful - self._tasks.keys())
-        changelog = [(self.config.changelog_topic, p) for p in new]
-        lows = start_offsets(self._admin, changelog)
-        ends = end_offsets(self._admin, changelog)
-        for partition in new:
-            store = PartitionStore(
-                self.config.state_dir / self.config.changelog_topic / str(partition)
-            )
-            started = time.monotonic()
-            key = (self.config.changelog_topic, partition)
-            count = restore(self._restorer, store, key[0], partition, low=lows[key], end=ends[key])
-            self.stats.restored += count
-            log.info(
-                "task %d: restored %d changelog records in %.2fs",
-                partition,
-                count,
-                time.monotonic() - started,
-            )
-            self._tasks[partition] = Task(partition, store, self.config.backoff)
-        log.info("assigned partitions %s", sorted(self._tasks))
-        self.ready.set()
+    def _on_assign(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        self.ready.clear()
+        self._assigned_once = True
+        self._consumer.assign(partitions)
+        stateful = [tp for tp in partitions if tp.topic not in self._route_topics]
+        if stateful:
+            self._consumer.pause(stateful)  # until restored: see _initialize_tasks
+        for tp in partitions:
+            if tp.topic in self._route_topics:
+                assert self._router is not None, "route topics without a router"
+                self._add_task(
+                    RouteTask(
+                        tp.topic,
+                        tp.partition,
+                        self._router,
+                        self._tables,
+                        self.config.dlq_topic,
+                        self.stats,
+                    )
+                )
+        self._pending |= {tp.partition for tp in stateful}
+        log.info(
+            "assigned %d input and %d stateful partitions",
+            len(partitions) - len(stateful),
+            len(self._pending),
+        )
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        self.ready.clear()
         try:
             self._commit_or_abort()
         except KafkaException as exc:
             log.warning("commit on revocation failed: %s", exc)
             self._abort_quietly()
-        self._drop_tasks(partitions)
+        self._drop(partitions, keep_stores=True)
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, consumer: object, partitions: list[TopicPartition]) -> None:
         # Another member may own them already: nothing of ours may commit.
+        self.ready.clear()
         self._abort_quietly()
-        self._drop_tasks(partitions)
+        self._drop(partitions, keep_stores=False)
+
+    def _drop(self, partitions: list[TopicPartition], keep_stores: bool) -> None:
+        for tp in partitions:
+            if tp.topic not in self._route_topics:
+                self._pending.discard(tp.partition)
+            task = self._by_tp.get((tp.topic, tp.partition))
+            if task is not None:
+                self._drop_task(task, keep_store=keep_stores)
 
     def _abort_quietly(self) -> None:
         """Abort, where a fenced (fatal) producer cannot: its transaction dies anyway."""
@@ -443,12 +584,5 @@ class Engine:
         except KafkaException as exc:
             log.warning("abort failed: %s", exc)
             self._checkpoint.is_open = False
-        for task in self._tasks.values():
-            task.aborted()
-
-    def _drop_tasks(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._route_positions.pop((tp.topic, tp.partition), None)
-        stateful = {tp.partition for tp in partitions if tp.topic not in self._route_topics}
-        for partition in stateful & self._tasks.keys():
-            self._tasks.pop(partition).close()
+        for task in self._running():
+            task.abort()

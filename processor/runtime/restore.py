@@ -1,75 +1,136 @@
-"""Restore a partition store from its changelog, from the offset it reflects to the end."""
+"""Restoring stores from their changelogs, a slice per turn of the main loop.
+
+Every restoring partition is read together, by one consumer, so restoring
+never happens inside a rebalance callback: the main loop goes on polling the
+group consumer (membership, commits, liveness) between slices, as Kafka
+Streams' StreamThread does between `restoreAllActiveTasks` calls.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from rocksdict import WriteBatch
 
+from processor.runtime.clients import Admin, Consumer
+from processor.runtime.offsets import end_offsets, start_offsets
 from processor.runtime.store import PartitionStore
 
 log = logging.getLogger(__name__)
 
-_FLUSH_EVERY = 10_000
+
+@dataclass(slots=True)
+class Restoring:
+    partition: int
+    store: PartitionStore
+    start: int
+    end: int  # the changelog's last stable offset when restoring began
+    position: int
+    restored: int = 0
+    started_at: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return max(self.end - self.position, 0)
 
 
-def restore(
-    consumer: Consumer,
-    store: PartitionStore,
-    topic: str,
-    partition: int,
-    low: int,
-    end: int,
-    timeout_s: float = 300,
-) -> int:
-    """Reads changelog partition `partition` from the offset `store` reflects up to
-    `end` (its last stable offset); returns the records read.
+class Restorer:
+    def __init__(self, consumer: Consumer, admin: Admin, topic: str) -> None:
+        self._consumer = consumer
+        self._admin = admin
+        self.topic = topic
+        self.active: dict[int, Restoring] = {}
+        self.restored = 0
 
-    `consumer` is read_committed; the end is detected by position, since
-    transaction markers leave offset gaps.
-    """
-    start = store.changelog_offset
-    if start is not None and not low <= start <= end:
-        # The changelog was recreated or truncated under us: start over.
-        log.warning(
-            "store of %s[%d] reflects offset %d outside [%d, %d]; rebuilding",
-            topic,
-            partition,
-            start,
-            low,
-            end,
-        )
-        store.wipe()
-        start = None
-    position = low if start is None else start
-    if position >= end:
-        return 0
-    consumer.assign([TopicPartition(topic, partition, position)])
-    changes: dict[bytes, bytes | None] = {}
-    restored = 0
-    deadline = time.monotonic() + timeout_s
-    try:
-        while position < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"restoring {topic}[{partition}] stalled at {position}/{end}")
-            # A short wait: consume() holds a partial batch for the whole timeout.
-            for msg in consumer.consume(1000, timeout=0.05):
-                error = msg.error()
-                if error is not None:
-                    if error.fatal():
-                        raise KafkaException(error)
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("restoring %s[%d]: %s", topic, partition, error)
-                    continue
-                changes[msg.key()] = msg.value()
-                restored += 1
-            [now_at] = consumer.position([TopicPartition(topic, partition)])
-            position = max(position, now_at.offset)
-            if len(changes) >= _FLUSH_EVERY:
-                store.write(changes, position)
-                changes.clear()
-        store.write(changes, position)
-    finally:
-        consumer.unassign()
-    return restored
+    def add(self, stores: dict[int, PartitionStore]) -> list[int]:
+        """Starts restoring `stores` (partition -> store); returns the partitions
+        already up to date, which need no reading at all."""
+        if not stores:
+            return []
+        keys = [(self.topic, p) for p in stores]
+        lows, ends = start_offsets(self._admin, keys), end_offsets(self._admin, keys)
+        done, assign = [], []
+        now = time.monotonic()
+        for partition, store in stores.items():
+            low, end = lows[(self.topic, partition)], ends[(self.topic, partition)]
+            start = store.changelog_offset
+            if start is not None and not low <= start <= end:
+                # The changelog was recreated or truncated under us: start over.
+                log.warning(
+                    "store of %s[%d] reflects offset %d outside [%d, %d]; rebuilding",
+                    self.topic,
+                    partition,
+                    start,
+                    low,
+                    end,
+                )
+                store.wipe()
+                start = None
+            position = low if start is None else start
+            if position >= end:
+                done.append(partition)
+                continue
+            self.active[partition] = Restoring(partition, store, position, end, position, 0, now)
+            assign.append(TopicPartition(self.topic, partition, position))
+        if assign:
+            self._consumer.incremental_assign(assign)
+        return done
+
+    def remove(self, partitions: Iterable[int]) -> None:
+        gone = [p for p in partitions if self.active.pop(p, None) is not None]
+        if gone:
+            self._consumer.incremental_unassign([TopicPartition(self.topic, p) for p in gone])
+
+    def step(self, max_records: int = 10_000, timeout: float = 0.0) -> list[Restoring]:
+        """Reads one slice of every restoring partition; returns those that reached
+        their end (their stores now reflect it)."""
+        if not self.active:
+            return []
+        batches: dict[int, WriteBatch] = {}
+        counts: dict[int, int] = {}
+        for msg in self._consumer.consume(max_records, timeout=timeout):
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("restoring %s: %s", self.topic, error)
+                continue
+            partition = msg.partition()
+            batch = batches.get(partition)
+            if batch is None:
+                if partition not in self.active:
+                    continue  # removed while fetched
+                batch = batches[partition] = WriteBatch(raw_mode=True)
+                counts[partition] = 0
+            value = msg.value()
+            if value is None:
+                batch.delete(msg.key())
+            else:
+                batch.put(msg.key(), value)
+            counts[partition] += 1
+        # Transaction markers leave gaps: the consumer's position says where it is.
+        positions = self._consumer.position([TopicPartition(self.topic, p) for p in self.active])
+        finished: list[Restoring] = []
+        for tp in positions:
+            restoring = self.active[tp.partition]
+            batch = batches.get(tp.partition)
+            position = max(restoring.position, tp.offset)
+            if batch is not None or position != restoring.position:
+                restoring.store.write_batch(batch or WriteBatch(raw_mode=True), position)
+            restoring.position = position
+            restoring.restored += counts.get(tp.partition, 0)
+            if position >= restoring.end:
+                finished.append(restoring)
+        self.restored += sum(counts.values())
+        if finished:
+            self.remove(r.partition for r in finished)
+        return finished
+
+    def close(self) -> None:
+        self.active.clear()
+        self._consumer.close()

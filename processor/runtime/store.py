@@ -1,48 +1,102 @@
-"""A RocksDB key-value store for one partition, with the changelog offset it reflects.
+"""RocksDB stores for one partition each, under one memory budget.
 
-Data and offset are written in one WriteBatch, only after the Kafka transaction
-that produced the matching changelog records committed: the local store is
-never ahead of Kafka, so a crash needs no wipe, only a restore of the tail.
+Data and the changelog offset it reflects are written in one WriteBatch, only
+after the Kafka transaction that produced the matching changelog records
+committed: the local store is never ahead of Kafka, so a crash needs no wipe,
+only a restore of the tail. The offset lives in a `meta` column family, out of
+the data's keyspace.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+)
+
+from processor.runtime.handler import StateSerde
 
 log = logging.getLogger(__name__)
 
-# Keys are the application's (vip_bundle_id strings); a NUL prefix cannot clash.
-_OFFSET_KEY = b"\x00changelog-offset"
+_META = "meta"
+_OFFSET_KEY = b"changelog-offset"
+MiB = 1 << 20
 
 
-def open_rocksdb(path: Path) -> Rdict:
-    """Opens (creating) a raw-bytes RocksDB; an unreadable one is replaced by an
-    empty one: every store here can be rebuilt from Kafka."""
+class StateMemory:
+    """One block cache and one write-buffer manager for every store of an instance,
+    as Kafka Streams' bounded-memory RocksDBConfigSetter does: memtables are
+    charged to the cache, so `total_bytes` caps both together."""
+
+    def __init__(self, total_bytes: int = 64 * MiB) -> None:
+        if total_bytes < 8 * MiB:
+            raise ValueError(f"state memory of {total_bytes} bytes is below the 8 MiB minimum")
+        self.total_bytes = total_bytes
+        self.cache = Cache(total_bytes)
+        memtables = total_bytes // 4
+        self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            memtables, False, self.cache
+        )
+        table = BlockBasedOptions()
+        table.set_block_cache(self.cache)
+        # Index and filter blocks count against the budget too, not beside it.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_bloom_filter(10, False)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.create_missing_column_families(True)
+        options.set_block_based_table_factory(table)
+        options.set_write_buffer_manager(self.write_buffers)
+        options.set_write_buffer_size(min(8 * MiB, memtables // 4))
+        options.set_max_write_buffer_number(2)
+        options.set_max_open_files(256)
+        self.options = options
+
+    def usage(self) -> int:
+        return int(self.cache.get_usage())
+
+
+def open_rocksdb(path: Path, memory: StateMemory) -> Rdict:
+    """Opens (creating) a raw-bytes RocksDB with a `meta` column family; an
+    unreadable one is replaced by an empty one: every store here can be rebuilt
+    from Kafka."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
+    families = {_META: memory.options}
     try:
-        return Rdict(str(path), options=options)
+        return Rdict(str(path), options=memory.options, column_families=families)
     except Exception as exc:  # rocksdict raises a bare Exception on corruption
         log.warning("store %s is unreadable (%s); rebuilding it from Kafka", path, exc)
         shutil.rmtree(path, ignore_errors=True)
-        return Rdict(str(path), options=options)
+        return Rdict(str(path), options=memory.options, column_families=families)
 
 
 class PartitionStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, memory: StateMemory) -> None:
         self.path = path
-        self._db = open_rocksdb(path)
+        self._memory = memory
+        self._open()
+
+    def _open(self) -> None:
+        self._db = open_rocksdb(self.path, self._memory)
+        self._meta_handle = self._db.get_column_family_handle(_META)
+        self._meta = self._db.get_column_family(_META)
 
     @property
     def changelog_offset(self) -> int | None:
         """The next changelog offset to restore from, or None for an empty store."""
-        raw = self._db.get(_OFFSET_KEY)
+        raw = self._meta.get(_OFFSET_KEY)
         return None if raw is None else int(raw)
 
     def get(self, key: bytes) -> bytes | None:
@@ -56,19 +110,91 @@ class PartitionStore:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        batch.put(_OFFSET_KEY, str(changelog_offset).encode())
+        self.write_batch(batch, changelog_offset)
+
+    def write_batch(self, batch: WriteBatch, changelog_offset: int) -> None:
+        batch.put(_OFFSET_KEY, str(changelog_offset).encode(), self._meta_handle)
         self._db.write(batch)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db.items():
-            if key != _OFFSET_KEY:
-                yield key, value
+        yield from self._db.items()
+
+    def estimated_keys(self) -> int:
+        return self._db.property_int_value("rocksdb.estimate-num-keys") or 0
 
     def wipe(self) -> None:
         """Drop everything, e.g. when the changelog no longer matches the store."""
-        self._db.close()
+        self.close()
         Rdict.destroy(str(self.path))
-        self._db = open_rocksdb(self.path)
+        self._open()
 
     def close(self) -> None:
+        # Column-family handles keep the database open: drop them first.
+        del self._meta, self._meta_handle
         self._db.close()
+
+
+class StoreTransaction:
+    """A task's state between commits: reads see its own writes; `prepare` encodes
+    each changed key once, `flush` writes them after the Kafka commit.
+
+    Decoded committed states are kept in a small LRU, so the next event of a
+    bundle does not decode what the previous one encoded.
+    """
+
+    def __init__(self, store: PartitionStore, serde: StateSerde, cache_size: int = 4096) -> None:
+        self.store = store
+        self._serde = serde
+        self._staged: dict[bytes, Any] = {}
+        self._prepared: dict[bytes, bytes | None] = {}
+        self._cache: OrderedDict[bytes, Any] = OrderedDict()
+        self._cache_size = cache_size
+
+    def get(self, key: bytes) -> Any:
+        if key in self._staged:
+            return self._staged[key]
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
+        raw = self.store.get(key)
+        if raw is None:
+            return None
+        state = self._serde.loads(raw)
+        self._remember(key, state)
+        return state
+
+    def set(self, key: bytes, state: Any) -> None:
+        self._staged[key] = state
+
+    @property
+    def changed(self) -> int:
+        return len(self._staged)
+
+    def prepare(self) -> dict[bytes, bytes | None]:
+        """Encodes every changed key once: the changelog records of this commit."""
+        dumps = self._serde.dumps
+        self._prepared = {k: None if s is None else dumps(s) for k, s in self._staged.items()}
+        return self._prepared
+
+    def flush(self, changelog_offset: int) -> None:
+        """The transaction committed: make its state the store's."""
+        if self._prepared:
+            self.store.write(self._prepared, changelog_offset)
+        for key, state in self._staged.items():
+            if state is None:
+                self._cache.pop(key, None)
+            else:
+                self._remember(key, state)
+        self._staged.clear()
+        self._prepared = {}
+
+    def abort(self) -> None:
+        self._staged.clear()
+        self._prepared = {}
+
+    def _remember(self, key: bytes, state: Any) -> None:
+        self._cache[key] = state
+        self._cache.move_to_end(key)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

@@ -1,144 +1,370 @@
-"""One task per partition number p: partition p of every source topic and the
-store of partition p. It orders its records by timestamp, runs the handler,
-stages state until the transaction commits, and holds partitions that wait.
+"""Tasks: the units of work the engine assigns, processes and commits.
+
+A `RouteTask` owns one input partition and no state. A `StatefulTask` owns
+partition p of every source topic and the store of partition p; it orders its
+records by timestamp, calls its handler, stages state in a store transaction
+and parks records that are not ready (see parking.py). Both commit through the
+same three steps (prepare, offsets, flush), so the engine has one task map and
+one commit path.
 """
 
 from __future__ import annotations
 
 import heapq
-import time
+import logging
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from enum import Enum
 
-from processor.runtime.handler import InputRecord, Outcome, Retry, Stage
-from processor.runtime.store import PartitionStore
+from confluent_kafka import TopicPartition
+
+from processor.runtime.checkpoint import Checkpoint
+from processor.runtime.clock import Clock
+from processor.runtime.dlq import NotReadyTooLong, dead_letter
+from processor.runtime.global_table import GlobalTables
+from processor.runtime.handler import (
+    BadInput,
+    Forward,
+    Handler,
+    Record,
+    Reject,
+    Retry,
+    Router,
+    Skip,
+    Stage,
+    Unknown,
+)
+from processor.runtime.parking import Backoff, ParkingLot, Resume, resume_metadata
+from processor.runtime.stats import Stats
+from processor.runtime.store import StoreTransaction
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Waiting:
-    """A source partition held at `offset` because its record was not ready."""
-
-    offset: int
-    key: bytes | None
-    first_seen: float
-    attempts: int = 1
-    due: float = 0.0
-    paused: bool = True
+class TaskState(Enum):
+    RESTORING = "restoring"
+    RUNNING = "running"
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    min_s: float = 0.1
-    max_s: float = 5.0
-    deadline_s: float = 3600.0
+def _dead_letter(out: Checkpoint, dlq: str, record: Record, error: Exception, stats: Stats) -> None:
+    log.warning(
+        "dead-lettered %s[%d]@%d to %s: %s: %s",
+        record.topic(),
+        record.partition(),
+        record.offset(),
+        dlq,
+        type(error).__name__,
+        error,
+    )
+    letter = dead_letter(dlq, record, error)
+    out.send(letter.topic, letter.key, letter.value, letter.headers, record.timestamp()[1])
+    stats.dead_lettered += 1
 
-    def delay(self, attempts: int) -> float:
-        return min(self.max_s, self.min_s * 2 ** (attempts - 1))
 
+class RouteTask:
+    """One input partition: each record is forwarded, skipped or dead-lettered, in
+    offset order. A record the global tables do not know yet holds the partition
+    until they caught up (a few ms), so order is kept."""
 
-@dataclass(slots=True)
-class Task:
-    partition: int
-    store: PartitionStore
-    backoff: Backoff = field(default_factory=Backoff)
-    staged: dict[bytes, bytes | None] = field(default_factory=dict)
-    # Next offset to read per source topic: what a commit records as consumed.
-    positions: dict[str, int] = field(default_factory=dict)
-    waiting: dict[str, Waiting] = field(default_factory=dict)
-
-    def get(self, key: bytes) -> bytes | None:
-        """Reads see this task's writes that are not committed yet."""
-        if key in self.staged:
-            return self.staged[key]
-        return self.store.get(key)
-
-    def accepts(self, record: InputRecord) -> bool:
-        """False for records fetched before a seek back, or while the topic waits."""
-        held = self.waiting.get(record.topic)
-        if held is not None and (held.paused or record.offset != held.offset):
-            return False
-        return record.offset >= self.positions.get(record.topic, 0)
-
-    def run(
+    def __init__(
         self,
-        records: Iterable[InputRecord],
-        handle: Callable[[InputRecord], Outcome | None],
-        now: Callable[[], float] = time.monotonic,
-    ) -> list[str]:
-        """Feeds `records` to `handle`: each topic in offset order, and between
-        topics the one whose next record has the smallest timestamp first.
+        topic: str,
+        partition: int,
+        router: Router,
+        tables: GlobalTables,
+        dlq_topic: str,
+        stats: Stats,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.state = TaskState.RUNNING
+        self._router = router
+        self._tables = tables
+        self._dlq = dlq_topic
+        self._stats = stats
+        self.buffer: deque[Record] = deque()
+        self.position: int | None = None
+        self._ticket: int | None = None  # the head missed the tables: the target deciding it
 
-        `handle` returns the outcome it applied, or None when it dealt with the
-        record otherwise (dead-lettered). Returns the topics that now wait.
-        """
-        queues: dict[str, deque[InputRecord]] = {}
-        for record in records:
-            queues.setdefault(record.topic, deque()).append(record)
-        heads = [(q[0].timestamp, topic) for topic, q in queues.items()]
-        heapq.heapify(heads)
-        newly_waiting: list[str] = []
-        while heads:
-            topic = heapq.heappop(heads)[1]
-            queue = queues[topic]
-            record = queue.popleft()
-            if self.accepts(record):
-                outcome = handle(record)
-                if isinstance(outcome, Retry):
-                    self._hold(record, now())
-                    newly_waiting.append(topic)
-                    continue  # the rest is re-read after the seek back
-                self.waiting.pop(topic, None)
-                self.positions[topic] = record.offset + 1
-                if isinstance(outcome, Stage):
-                    self.staged[record.key or b""] = outcome.state
-                    self._wake(record.key)
-            if queue:
-                heapq.heappush(heads, (queue[0].timestamp, topic))
-        return newly_waiting
+    @property
+    def name(self) -> str:
+        return f"route {self.topic}[{self.partition}]"
 
-    def _hold(self, record: InputRecord, at: float) -> None:
-        held = self.waiting.get(record.topic)
-        if held is None or held.offset != record.offset:
-            held = self.waiting[record.topic] = Waiting(record.offset, record.key, first_seen=at)
-        else:
-            held.attempts += 1
-        held.paused = True
-        held.due = at + self.backoff.delay(held.attempts)
-        self.positions[record.topic] = record.offset
+    @property
+    def partitions(self) -> list[tuple[str, int]]:
+        return [(self.topic, self.partition)]
 
-    def past_deadline(self, record: InputRecord, at: float) -> bool:
-        held = self.waiting.get(record.topic)
-        return (
-            held is not None
-            and held.offset == record.offset
-            and at - held.first_seen >= self.backoff.deadline_s
-        )
+    def add(self, record: Record) -> None:
+        self.buffer.append(record)
 
-    def _wake(self, key: bytes | None) -> None:
-        # A state change of a key may make its waiting records ready: retry now.
-        for held in self.waiting.values():
-            if held.key == key:
-                held.due = 0.0
+    def process(self, out: Checkpoint, now: float) -> None:
+        buffer, route, stats = self.buffer, self._router, self._stats
+        send = out.send
+        while buffer:
+            record = buffer[0]
+            outcome = route(record)
+            if isinstance(outcome, Forward):
+                timestamp = record.timestamp()[1]
+                for r in outcome.records:
+                    send(r.topic, r.key, r.value, r.headers, timestamp)
+                stats.forwarded += 1
+            elif isinstance(outcome, Unknown):
+                if self._ticket is None:
+                    self._ticket = self._tables.ticket()
+                if not self._tables.caught_up(self._ticket):
+                    return  # the rest waits behind it
+                stats.not_routed += 1
+                log.debug("%s@%d not routed: %s", self.name, record.offset(), outcome.reason)
+            elif isinstance(outcome, Skip):
+                stats.not_routed += 1
+            elif isinstance(outcome, Reject):
+                _dead_letter(out, self._dlq, record, BadInput(outcome.reason), stats)
+            self._ticket = None
+            buffer.popleft()
+            self.position = record.offset() + 1
 
-    def due(self, at: float) -> list[tuple[str, int]]:
-        """Held topics whose retry is due: (topic, offset to seek back to)."""
-        ready = []
-        for topic, held in self.waiting.items():
-            if held.paused and held.due <= at:
-                held.paused = False
-                ready.append((topic, held.offset))
-        return ready
+    def blocked(self) -> list[tuple[str, int]]:
+        return [(self.topic, self.partition)] if self._ticket is not None else []
 
-    def committed(self, changelog_next_offset: int | None) -> None:
-        if self.staged:
-            assert changelog_next_offset is not None, "staged state without changelog records"
-            self.store.write(self.staged, changelog_next_offset)
-            self.staged.clear()
+    @property
+    def pending(self) -> int:
+        return len(self.buffer)
 
-    def aborted(self) -> None:
-        self.staged.clear()
-        self.waiting.clear()
+    def resume_from(self, committed: Iterable[TopicPartition]) -> None:
+        pass  # stateless: the consumer starts at the committed offset, nothing more
+
+    def prepare(self, out: Checkpoint) -> None:
+        pass
+
+    def offsets(self) -> list[TopicPartition]:
+        if self.position is None:
+            return []
+        return [TopicPartition(self.topic, self.partition, self.position)]
+
+    def flush(self, changelog_offsets: dict[int, int]) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.buffer.clear()
+        self.position = None
+        self._ticket = None
 
     def close(self) -> None:
-        self.store.close()
+        self.abort()
+
+
+class StatefulTask:
+    """Partition p of every source topic, and the store of partition p."""
+
+    def __init__(
+        self,
+        partition: int,
+        topics: Iterable[str],
+        handler: Handler,
+        txn: StoreTransaction,
+        backoff: Backoff,
+        dlq_topic: str,
+        stats: Stats,
+        max_parked: int = 1000,
+        clock: Clock | None = None,
+    ) -> None:
+        self.partition = partition
+        self.topics = tuple(topics)
+        self.state = TaskState.RESTORING
+        self._handler = handler
+        self.txn = txn
+        self.parking = ParkingLot(backoff)
+        self._dlq = dlq_topic
+        self._stats = stats
+        self.max_parked = max_parked
+        self._clock = clock or Clock()
+        self.buffers: dict[str, deque[Record]] = {t: deque() for t in self.topics}
+        self.positions: dict[str, int] = {}  # next offset per topic: all below were seen
+        self._resume: dict[str, Resume] = {}
+        self._blocked: set[str] = set()
+        self._order = {t: i for i, t in enumerate(self.topics)}
+
+    @property
+    def name(self) -> str:
+        return f"task {self.partition}"
+
+    @property
+    def partitions(self) -> list[tuple[str, int]]:
+        return [(t, self.partition) for t in self.topics]
+
+    @property
+    def pending(self) -> int:
+        return sum(len(b) for b in self.buffers.values())
+
+    def add(self, record: Record) -> None:
+        self.buffers[record.topic()].append(record)
+
+    def resume_from(self, committed: Iterable[TopicPartition]) -> None:
+        """What the last commit's metadata says waits, and was done, after each
+        committed offset."""
+        for tp in committed:
+            resume = resume_metadata(tp.metadata)
+            if resume is not None:
+                self._resume[tp.topic] = resume
+
+    # --- processing --------------------------------------------------------------
+
+    def process(self, out: Checkpoint, now: float) -> None:
+        now, now_ms = self._clock.monotonic(), self._clock.wall_ms()
+        for topic, key in list(self.parking.due(now)):
+            if self.parking.blocks(topic, key):
+                self._retry_queue(topic, key, out, now, now_ms)
+        self._blocked.clear()
+        buffers, order = self.buffers, self._order
+        heads = [(q[0].timestamp()[1], order[t], t) for t, q in buffers.items() if q]
+        heapq.heapify(heads)
+        while heads:
+            _, rank, topic = heapq.heappop(heads)
+            if self._must_wait(topic):
+                self._blocked.add(topic)
+                continue  # its records stay buffered; the engine pauses the partition
+            queue = buffers[topic]
+            self._one(queue.popleft(), topic, out, now, now_ms)
+            if queue:
+                heapq.heappush(heads, (queue[0].timestamp()[1], rank, topic))
+
+    def _must_wait(self, topic: str) -> bool:
+        """Backpressure: parking is bounded per task and by the commit metadata."""
+        resume = self._resume.get(topic)
+        if resume is not None and self.positions.get(topic, 0) < resume.position:
+            return False  # re-reading what already waited before: it fitted then
+        parking = self.parking
+        if not parking.holds(topic):
+            return False
+        return len(parking) >= self.max_parked or parking.metadata_full(topic)
+
+    def _one(self, record: Record, topic: str, out: Checkpoint, now: float, now_ms: int) -> None:
+        offset = record.offset()
+        self.positions[topic] = offset + 1
+        since_ms = None
+        resume = self._resume.get(topic)
+        if resume is not None:
+            if offset >= resume.position:
+                del self._resume[topic]
+            elif resume.processed(offset):
+                self._stats.replayed += 1  # done before a restart: costs nothing
+                return
+            else:
+                since_ms = resume.waiting[offset]
+        key = record.key() or b""
+        if self.parking.blocks(topic, key):
+            self.parking.park(record, since_ms or now_ms, now, now_ms)  # behind its key's head
+            return
+        outcome = self._decide(record, key, out)
+        if outcome is None:
+            return
+        if isinstance(outcome, Retry):
+            since = since_ms or now_ms
+            if self.parking.past_deadline_ms(since, now_ms):
+                _dead_letter(out, self._dlq, record, NotReadyTooLong(outcome.reason), self._stats)
+                return
+            self._stats.retried += 1
+            self.parking.park(record, since, now, now_ms)
+            log.debug("%s: %s@%d not ready: %s", self.name, topic, offset, outcome.reason)
+        elif self._apply(record, key, outcome, out):
+            self._drain(key, out, now, now_ms)
+
+    def _decide(self, record: Record, key: bytes, out: Checkpoint) -> Stage | Skip | Retry | None:
+        try:
+            return self._handler(record, self.txn.get(key))
+        except BadInput as exc:
+            _dead_letter(out, self._dlq, record, exc, self._stats)
+            return None
+
+    def _apply(self, record: Record, key: bytes, outcome: Stage | Skip, out: Checkpoint) -> bool:
+        """Stages the outcome; True when the key's state changed."""
+        if isinstance(outcome, Skip):
+            self._stats.skipped += 1
+            return False
+        self.txn.set(key, outcome.state)
+        timestamp = record.timestamp()[1]
+        send = out.send
+        for r in outcome.records:
+            send(r.topic, r.key, r.value, r.headers, timestamp)
+        self._stats.processed += 1
+        return True
+
+    def _drain(self, key: bytes, out: Checkpoint, now: float, now_ms: int) -> None:
+        """The key's state changed: its parked records may be ready now."""
+        progress = True
+        while progress:
+            progress = False
+            for topic in self.parking.queues_of(key):
+                progress |= self._retry_queue(topic, key, out, now, now_ms)
+
+    def _retry_queue(
+        self, topic: str, key: bytes, out: Checkpoint, now: float, now_ms: int
+    ) -> bool:
+        """Retries the head of a parked queue, and those behind it while they are
+        ready; True when the key's state changed."""
+        parking, changed = self.parking, False
+        while parking.blocks(topic, key):
+            parked = parking.head(topic, key)
+            outcome = self._decide(parked.record, key, out)
+            if isinstance(outcome, Retry):
+                if not parking.past_deadline_ms(parked.since_ms, now_ms):
+                    parking.retry_later(topic, key, now, now_ms)
+                    self._stats.retried += 1
+                    break
+                parking.pop(topic, key)
+                error = NotReadyTooLong(outcome.reason)
+                _dead_letter(out, self._dlq, parked.record, error, self._stats)
+                continue
+            parking.pop(topic, key)
+            if outcome is not None:
+                changed |= self._apply(parked.record, key, outcome, out)
+        return changed
+
+    def blocked(self) -> list[tuple[str, int]]:
+        return [(t, self.partition) for t in self._blocked]
+
+    def next_due(self) -> float | None:
+        return self.parking.next_due()
+
+    # --- committing ----------------------------------------------------------------
+
+    def prepare(self, out: Checkpoint) -> None:
+        if self.txn.changed:
+            out.changelog(self.partition, self.txn.prepare())
+
+    def offsets(self) -> list[TopicPartition]:
+        offsets = []
+        for topic, position in self.positions.items():
+            waiting = self.parking.waiting(topic)
+            resume = self._resume.get(topic)
+            reached = position
+            if resume is not None and position < resume.position:
+                # Still re-reading: what waited before and is not read again yet still waits.
+                waiting = {**waiting, **{o: s for o, s in resume.waiting.items() if o >= position}}
+                reached = resume.position
+            if not waiting and reached == position:
+                offsets.append(TopicPartition(topic, self.partition, position))
+                continue
+            metadata = self.parking.metadata(waiting, reached)
+            first = min(waiting, default=position)
+            offsets.append(TopicPartition(topic, self.partition, first, metadata=metadata))
+        return offsets
+
+    def flush(self, changelog_offsets: dict[int, int]) -> None:
+        if self.txn.changed:
+            self.txn.flush(changelog_offsets[self.partition])
+
+    def abort(self) -> None:
+        """The transaction is gone: forget everything since the last commit; the
+        engine seeks back to the committed offsets and calls `resume_from`."""
+        self.txn.abort()
+        self.parking.clear()
+        for buffer in self.buffers.values():
+            buffer.clear()
+        self.positions.clear()
+        self._resume.clear()
+        self._blocked.clear()
+
+    def close(self) -> None:
+        self.abort()
+        self.txn.store.close()

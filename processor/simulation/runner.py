@@ -16,6 +16,7 @@ from rich.table import Table
 
 from processor.codec import Codec
 from processor.domain.messages import Event
+from processor.logs import client_logging
 from processor.runtime.offsets import end_offsets
 from processor.simulation.check import Observed, complete, summary, violations
 from processor.simulation.services import Knobs, Plan, Scheduled, Services
@@ -61,7 +62,11 @@ def _key(event: Event) -> str | None:
 def simulate(config: SimulationConfig, console: Console | None = None) -> Result:
     console = console or Console(stderr=True)
     codec = Codec()
-    common = {"bootstrap.servers": config.bootstrap_servers, **config.client_config}
+    common = {
+        "bootstrap.servers": config.bootstrap_servers,
+        **config.client_config,
+        **client_logging(),
+    }
     producer = Producer({**common, "enable.idempotence": True, "linger.ms": 5})
     consumer = Consumer(
         {
@@ -76,6 +81,7 @@ def simulate(config: SimulationConfig, console: Console | None = None) -> Result
     admin = AdminClient(common)
     metadata = admin.list_topics(timeout=30).topics
     ends = end_offsets(admin, ((t, p) for t in outputs for p in metadata[t].partitions))
+    admin.poll(0)  # its librdkafka log lines; nothing else serves them
     consumer.assign([TopicPartition(t, p, end) for (t, p), end in ends.items()])
 
     services = Services(config.knobs, config.seed)

@@ -14,6 +14,9 @@ class StandInProducer:
     def __init__(self, hang: threading.Event | None = None, fail: Exception | None = None):
         self.hang, self.fail, self.committed = hang, fail, False
 
+    def begin_transaction(self) -> None:
+        pass
+
     def flush(self, timeout: float = -1) -> int:
         if self.hang is not None:
             self.hang.wait()
@@ -27,13 +30,25 @@ class StandInProducer:
         self.committed = True
 
 
+class OneOffset:
+    def prepare(self, checkpoint: Checkpoint) -> None:
+        pass
+
+    def offsets(self) -> list[object]:
+        return ["offset"]
+
+    def flush(self, changelog_offsets: dict[int, int]) -> None:
+        pass
+
+
 def test_a_commit_that_returns_in_time_is_a_commit() -> None:
     producer = StandInProducer()
     checkpoint = Checkpoint(producer, "changelog")  # type: ignore[arg-type]
-    checkpoint.is_open = True
+    checkpoint.begin()
 
-    assert checkpoint.commit_within(["offset"], object(), timeout_s=5) == {}  # type: ignore[list-item]
+    checkpoint.commit_within([OneOffset()], object(), timeout_s=5)  # type: ignore[list-item]
     assert producer.committed and not checkpoint.is_open
+    assert checkpoint.changelog_offsets == {}
 
 
 def test_a_hanging_commit_is_given_up_after_the_deadline() -> None:
@@ -49,4 +64,4 @@ def test_a_hanging_commit_is_given_up_after_the_deadline() -> None:
 def test_a_failing_commit_raises_its_own_error() -> None:
     checkpoint = Checkpoint(StandInProducer(fail=ValueError("boom")), "changelog")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="boom"):
-        checkpoint.commit_within(["offset"], object(), timeout_s=5)  # type: ignore[list-item]
+        checkpoint.commit_within([OneOffset()], object(), timeout_s=5)  # type: ignore[list-item]

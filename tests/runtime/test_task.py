@@ -1,102 +1,200 @@
-"""Task ordering, holds and retries, without a broker."""
+"""Stateful tasks driven through the engine on an in-memory cluster (no broker):
+per-key parking, its commit metadata across restarts, deadlines, backpressure,
+bad input and abort-and-rewind. The toy app is described in toyapp.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError
 
-from processor.runtime.handler import InputRecord, Outcome, Retry, Skip, Stage
-from processor.runtime.store import PartitionStore
-from processor.runtime.task import Backoff, Task
+from processor.runtime.parking import Backoff, resume_metadata
+from tests.runtime.toyapp import (
+    ADDS,
+    CHANGELOG,
+    DONE,
+    NEEDS,
+    TOTALS,
+    Toy,
+    same_partition_keys,
+    turns,
+)
+
+SLOW = Backoff(min_s=60, max_s=60, deadline_s=3600)  # retries only on a state change
 
 
 @pytest.fixture
-def task(tmp_path: Path) -> Task:
-    return Task(0, PartitionStore(tmp_path / "store"), Backoff(min_s=1, max_s=4, deadline_s=10))
+def toy(tmp_path: Path) -> Toy:
+    return Toy(tmp_path / "state", partitions=2)
 
 
-def rec(topic: str, offset: int, timestamp: int, key: bytes = b"k") -> InputRecord:
-    return InputRecord(topic, 0, offset, timestamp, key, f"{topic}@{offset}".encode())
+def test_a_waiting_key_parks_only_itself_and_other_keys_on_its_partition_flow(toy: Toy) -> None:
+    waiting, other = same_partition_keys(2)
+    p, parked_at = toy.send(NEEDS, waiting, "need:2")
+    toy.send(NEEDS, other, "need:0")
+    toy.send(ADDS, other, "add:1")
+    engine = toy.engine(backoff=SLOW)
+    turns(engine)
+
+    assert toy.values(DONE) == [(other, "done:0")]
+    assert engine.parked == 1
+    offset, metadata = toy.committed(NEEDS, p)  # type: ignore[misc]
+    assert offset == parked_at  # the group's offset stays at the parked record
+    resume = resume_metadata(metadata)
+    assert resume is not None and resume.position == parked_at + 2
+    assert list(resume.waiting) == [parked_at]
+
+    toy.send(ADDS, waiting, "add:2")  # the event it waits for, on the other topic
+    turns(engine)
+
+    assert toy.values(DONE) == [(other, "done:0"), (waiting, "done:2")]
+    assert engine.parked == 0
+    assert toy.committed(NEEDS, p) == (parked_at + 2, "")
 
 
-def test_offset_order_within_a_topic_and_smallest_head_timestamp_between_topics(
-    task: Task,
+def test_later_records_of_a_parked_key_on_its_topic_queue_behind_it(toy: Toy) -> None:
+    [key] = same_partition_keys(2, 1)
+    toy.send(NEEDS, key, "need:3")
+    toy.send(NEEDS, key, "need:1")  # ready on its own, but must not overtake
+    engine = toy.engine(backoff=SLOW)
+    turns(engine)
+    assert toy.values(DONE) == []
+    assert engine.parked == 2
+
+    toy.send(ADDS, key, "add:3")
+    turns(engine)
+    assert toy.values(DONE) == [(key, "done:3"), (key, "done:1")]
+
+
+def test_the_wait_survives_a_restart_and_the_deadline_counts_from_the_first_wait(
+    toy: Toy,
 ) -> None:
-    seen: list[str] = []
+    waiting, other = same_partition_keys(2)
+    p, parked_at = toy.send(NEEDS, waiting, "need:5")
+    toy.send(ADDS, other, "add:1")
+    deadline = Backoff(min_s=60, max_s=60, deadline_s=100)
+    first = toy.engine(backoff=deadline)
+    turns(first)
+    started = toy.cluster.clock_ms
+    assert first.parked == 1
+    first.close()  # as good as a crash: the commit metadata is all that is left
 
-    def handle(r: InputRecord) -> Outcome:
-        seen.append(f"{r.topic}@{r.offset}")
-        return Skip("")
+    toy.cluster.clock_ms = started + 60_000
+    second = toy.engine(backoff=deadline)
+    turns(second)
+    assert second.parked == 1
+    assert second.stats.replayed == 0  # other's add was on another topic
+    assert 59 <= second.oldest_wait_s() <= 61  # not reset by the restart
+    assert toy.dead() == []
 
-    # a@1 has an older timestamp than a@0 but must not overtake it.
-    task.run([rec("a", 0, 50), rec("a", 1, 10), rec("b", 0, 20), rec("b", 1, 60)], handle)
-
-    assert seen == ["b@0", "a@0", "a@1", "b@1"]
-    assert task.positions == {"a": 2, "b": 2}
-
-
-def test_a_not_ready_record_holds_its_topic_and_the_others_flow(task: Task) -> None:
-    handled: list[str] = []
-
-    def handle(r: InputRecord) -> Outcome:
-        handled.append(f"{r.topic}@{r.offset}")
-        return Retry("early") if r.topic == "a" else Stage(b"s")
-
-    records = [rec("a", 5, 1), rec("a", 6, 2), rec("b", 0, 3, key=b"another bundle")]
-    held = task.run(records, handle, now=lambda: 100.0)
-
-    assert held == ["a"]
-    assert handled == ["a@5", "b@0"]
-    assert task.positions == {"a": 5, "b": 1}  # a's commit position stays at the held record
-    assert task.due(100.5) == []
-    assert task.due(101.0) == [("a", 5)]  # first backoff: 1 s
-
-
-def test_records_of_a_held_topic_are_dropped_until_the_seek_back(task: Task) -> None:
-    task.run([rec("a", 5, 1)], lambda r: Retry("early"), now=lambda: 0.0)
-    handled: list[int] = []
-
-    task.run([rec("a", 6, 2)], lambda r: handled.append(r.offset) or Skip(""))
-    assert handled == []  # fetched before the pause: dropped
-    assert task.due(5.0) == [("a", 5)]
-    task.run([rec("a", 5, 1), rec("a", 6, 2)], lambda r: handled.append(r.offset) or Skip(""))
-    assert handled == [5, 6]
-    assert task.waiting == {}
+    toy.cluster.clock_ms = started + 100_001
+    second.turn()  # past the deadline: a state change of another key is not needed
+    toy.send(ADDS, other, "add:1")
+    turns(second)
+    [dead] = toy.dead()
+    headers = dict(dead.headers() or [])
+    assert headers["__streams.errors.exception"] == b"NotReadyTooLong"
+    assert headers["__streams.errors.offset"] == str(parked_at).encode()
+    assert toy.committed(NEEDS, p) == (parked_at + 1, "")
 
 
-def test_backoff_doubles_up_to_its_cap() -> None:
-    backoff = Backoff(min_s=0.1, max_s=1.0)
-    assert [backoff.delay(n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+def test_records_processed_before_a_restart_are_not_processed_again(toy: Toy) -> None:
+    waiting, other = same_partition_keys(2)
+    toy.send(NEEDS, waiting, "need:9")
+    for _ in range(3):
+        toy.send(NEEDS, other, "need:0")
+    first = toy.engine(backoff=SLOW)
+    turns(first)
+    assert toy.values(DONE) == [(other, "done:0")] * 3
+    first.close()
+
+    second = toy.engine(backoff=SLOW)
+    turns(second)
+    assert second.stats.replayed == 3  # skipped by the metadata, not handled again
+    assert toy.values(DONE) == [(other, "done:0")] * 3
+    toy.send(ADDS, waiting, "add:9")
+    turns(second)
+    assert toy.values(DONE)[-1] == (waiting, "done:9")
 
 
-def test_a_state_change_of_the_key_makes_its_held_record_due_at_once(task: Task) -> None:
-    task.run([rec("a", 0, 1, key=b"bundle")], lambda r: Retry("early"), now=lambda: 0.0)
-    assert task.due(0.1) == []
+def test_past_the_parked_limit_the_partition_pauses_and_resumes_without_losing_records(
+    toy: Toy,
+) -> None:
+    keys = same_partition_keys(2, 6)
+    for key in keys:
+        toy.send(NEEDS, key, "need:1")
+    engine = toy.engine(backoff=SLOW, max_parked=3)
+    turns(engine)
+    assert engine.parked == 3
+    consumer = toy.group_consumer()
+    [(topic, p)] = consumer.paused
+    assert topic == NEEDS
 
-    task.run([rec("b", 0, 2, key=b"bundle")], lambda r: Stage(b"new"), now=lambda: 0.1)
-
-    assert task.due(0.1) == [("a", 0)]
-    assert task.get(b"bundle") == b"new"
-
-
-def test_past_deadline_counts_from_the_first_attempt(task: Task) -> None:
-    record = rec("a", 0, 1)
-    task.run([record], lambda r: Retry("early"), now=lambda: 0.0)
-    assert not task.past_deadline(record, 9.9)
-    assert task.past_deadline(record, 10.0)
-    assert not task.past_deadline(rec("a", 1, 1), 100.0)
+    for key in keys[:3]:
+        toy.send(ADDS, key, "add:1")
+    turns(engine)
+    assert (NEEDS, p) not in consumer.paused
+    for key in keys[3:]:
+        toy.send(ADDS, key, "add:1")
+    turns(engine)
+    assert sorted(toy.values(DONE)) == sorted((k, "done:1") for k in keys)
+    assert engine.parked == 0
 
 
-def test_staged_state_is_read_back_and_written_only_on_commit(task: Task, tmp_path: Path) -> None:
-    task.run([rec("a", 0, 1, key=b"k1")], lambda r: Stage(b"v1"))
-    assert task.get(b"k1") == b"v1"
-    assert task.store.get(b"k1") is None
+def test_bad_input_goes_to_the_dlq_once_and_the_rest_flows(toy: Toy) -> None:
+    toy.send(ADDS, "k", "bad")
+    toy.send(ADDS, "k", "add:2")
+    engine = toy.engine()
+    turns(engine)
+    [dead] = toy.dead()
+    assert dead.value() == b"bad"
+    assert dict(dead.headers() or [])["__streams.errors.exception"] == b"BadInput"
+    assert toy.values(TOTALS) == [("k", "2")]
 
-    task.committed(changelog_next_offset=7)
 
-    assert task.store.get(b"k1") == b"v1"
-    assert task.store.changelog_offset == 7
-    task.run([rec("a", 1, 2, key=b"k1")], lambda r: Stage(None))
-    task.aborted()
-    assert task.get(b"k1") == b"v1"
+def test_one_changelog_record_per_changed_key_per_commit(toy: Toy) -> None:
+    for _ in range(5):
+        toy.send(ADDS, "k", "add:1")
+    engine = toy.engine()
+    turns(engine)
+    assert [v for _, v in toy.values(TOTALS)] == ["1", "2", "3", "4", "5"]
+    assert [(m.key(), m.value()) for m in toy.cluster.committed_records(CHANGELOG)] == [
+        (b"k", b"5")
+    ]
+
+
+def test_an_aborted_transaction_leaves_nothing_and_is_redone_once(toy: Toy) -> None:
+    toy.send(ADDS, "k", "add:1")
+    engine = toy.engine(backoff=SLOW)
+    turns(engine)
+    toy.send(ADDS, "k", "add:2")
+    toy.send(NEEDS, "k", "need:9")  # parked in the aborted transaction
+    toy.cluster.fail_next_commit = KafkaError(
+        KafkaError._STATE, "injected", txn_requires_abort=True
+    )
+    turns(engine, 2)  # the second turn fetches nothing: it commits, and that fails
+    assert engine.stats.aborted == 1
+    assert engine.parked == 0  # parking of the aborted transaction is dropped too
+    store = engine.stateful_tasks()
+    assert any(t.txn.store.get(b"k") == b"1" for t in store)  # staged state never written
+
+    turns(engine)
+    assert [v for _, v in toy.values(TOTALS)] == ["1", "3"]
+    assert engine.parked == 1
+    toy.send(ADDS, "k", "add:6")
+    turns(engine)
+    assert toy.values(DONE) == [("k", "done:9")]
+
+
+def test_a_store_restores_in_the_loop_and_the_task_runs_after(toy: Toy) -> None:
+    for i in range(50):
+        toy.cluster.produce(CHANGELOG, str(i).encode(), f"k{i}".encode())  # keyed as ADDS
+    toy.send(ADDS, "k7", "add:1")
+    engine = toy.engine()
+    assert not engine.ready.is_set()
+    turns(engine, 1)
+    turns(engine)
+    assert engine.ready.is_set()
+    assert engine.stats.restored == 50
+    assert toy.values(TOTALS) == [("k7", "8")]  # 7 restored, plus 1
