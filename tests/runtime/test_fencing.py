@@ -87,7 +87,9 @@ def test_a_successor_fences_a_zombie_mid_transaction_at_once_and_the_zombie_neve
     deployment = Deployment(kafka_bootstrap, tmp_path, partitions=2)
     stories = [BundleStory(seed=f"{deployment.app}/{n}") for n in range(8)]
     assert {partition_of(s.vip_bundle_id, 2) for s in stories} == {0, 1}
-    zombie = deployment.spawn(tmp_path / "zombie", "same", "--commit-interval", "60s")
+    zombie = deployment.spawn(
+        tmp_path / "zombie", "same", "--commit-interval", "60s", "--no-commit-when-idle"
+    )
     zombie.wait_ready()
     sent, written = open_transaction(deployment, stories)
     zombie.signal(signal.SIGSTOP)  # frozen mid-transaction: a long GC pause, a stuck VM
@@ -133,7 +135,9 @@ def test_the_instance_id_kept_in_the_state_dir_fences_the_predecessor_and_differ
     stories = [BundleStory(seed=f"{deployment.app}/{n}") for n in range(8)]
     assert {partition_of(s.vip_bundle_id, 2) for s in stories} == {0, 1}
     state, other_state = tmp_path / "state", tmp_path / "other"
-    first = deployment.spawn(state, None, "--commit-interval", "60s")  # no --instance-id
+    first = deployment.spawn(
+        state, None, "--commit-interval", "60s", "--no-commit-when-idle"
+    )  # no --instance-id
     first.wait_ready()
     sent, written = open_transaction(deployment, stories)
     first.kill()
