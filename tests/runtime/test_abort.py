@@ -115,9 +115,11 @@ def test_an_aborted_transaction_leaves_no_staged_state_or_parked_record_behind(
     flight failure (a confirmation missing) behind it on the same partition. If the abort
     kept the staged state, the redo would ignore `refunded`'s event as a duplicate: its
     outputs would never appear (or the engine would fail on staged state without changelog
-    records). If it kept the parked record, the engine would later seek to the parked
-    offset, past `refunded`'s event: lost too. Either way the second attempt below never
-    comes, and nothing of `refunded` is ever committed.
+    records). If it kept what it parked, the parked record would stand for a position the
+    rewind went back before (an engine holding the partition at the parked offset seeks
+    there later, past `refunded`'s event): lost too. Either way the second attempt below
+    never comes, and nothing of `refunded` is ever committed. An engine that dies on the
+    refused record instead of aborting fails here too.
     """
     bootstrap = deployment.bootstrap
     refunded, waiting, late = (
