@@ -20,7 +20,7 @@ from processor.domain.messages import (
     VipBundleInitializedV1,
 )
 from processor.domain.saga import Apply, decide
-from tests.factories import BundleStory
+from tests.factories import BundleStory, avro_record, raw_avro
 
 codec = Codec()
 story = BundleStory(tickets=2)
@@ -102,31 +102,11 @@ def test_decode_with_expected_type_rejects_another_record() -> None:
 
 
 def raw(schema_name: str, record: dict[str, object]) -> bytes:
-    """Single-object bytes written straight with fastavro, bypassing the domain."""
-    writer = codec.store.reader(schema_name)
-    buf = io.BytesIO(MAGIC + writer.fingerprint)
-    buf.seek(0, io.SEEK_END)
-    fastavro.schemaless_writer(buf, writer.schema, record)
-    return buf.getvalue()
+    return raw_avro(schema_name, record, codec)
 
 
 def initialized_record(**changes: object) -> dict[str, object]:
-    event = story.initialized()
-    record = {
-        "header": {
-            "id": event.header.id,
-            "published_at": event.header.published_at,
-            "idempotency_key": event.header.idempotency_key,
-        },
-        "vip_bundle_id": event.vip_bundle_id,
-        "booking_id": event.booking_id,
-        "customer_email": event.customer_email,
-        "number_of_tickets": event.number_of_tickets,
-        "show_id": event.show_id,
-        "passengers": list(event.passengers),
-        "inbound_flight_id": event.inbound_flight_id,
-    }
-    return record | changes
+    return avro_record(story.initialized(), **changes)
 
 
 def test_raw_writer_helper_produces_what_the_codec_decodes() -> None:

@@ -1,5 +1,5 @@
 """The whole topology from the input topics: routing through the booking index,
-non-VIP events, a lagging index, replays and mis-partitioned topics."""
+non-VIP events, bad input, a lagging index, replays and mis-partitioned topics."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient
 
 from processor.admin import TopicSpec, create_topics
 from processor.topology import Topics
-from tests.factories import OUTCOMES, BundleStory
-from tests.harness import Deployment, expected_outputs, observed
+from tests.factories import OUTCOMES, BundleStory, avro_record, raw_avro
+from tests.harness import Deployment, codec, expected_outputs, observed
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,80 @@ def test_ordinary_bookings_are_skipped_and_counted_without_output_or_dlq(
     assert running.engine.stats.not_routed == len(non_vip)
     assert running.engine.stats.forwarded == len(vip_events)
     assert deployment.read([deployment.topics.dlq], timeout=2, until=lambda _: True) == []
+
+
+DLQ_HEADERS = [
+    "__streams.errors.exception",
+    "__streams.errors.message",
+    "__streams.errors.stacktrace",
+    "__streams.errors.topic",
+    "__streams.errors.partition",
+    "__streams.errors.offset",
+]
+
+
+def test_bad_input_records_go_to_the_dlq_once_each_as_they_were_and_good_ones_flow(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(kafka_bootstrap, tmp_path)
+    topics = deployment.topics
+    good = BundleStory(seed=f"{deployment.app}/good", tickets=2)
+    broken = BundleStory(seed=f"{deployment.app}/broken", tickets=2)
+    initialized = topics.input("VipBundleInitialized_v1")
+    # (input topic, value, what the DLQ message must say): each is bad in its own way.
+    bad = [
+        (topics.input("BookingMade_v1"), b"\x00garbage, not avro", "not-single-object"),
+        (
+            initialized,
+            raw_avro("VipBundleInitialized_v1", avro_record(broken.initialized(), show_id="x")),
+            "undecodable",  # a bad UUID
+        ),
+        (
+            initialized,
+            raw_avro(
+                "VipBundleInitialized_v1", avro_record(broken.initialized(), passengers=["one"])
+            ),
+            "1 passengers for 2 tickets",
+        ),
+        (topics.input("FlightBooked_v1"), codec.encode(good.booking_made()), "unexpected-type"),
+        (topics.input("TicketBookingConfirmed_v1"), None, "not-single-object"),
+    ]
+    history = good.history("flight_failed")
+    # Same key as the good events: the bad records sit in their partitions, among them.
+    deployment.publish(history[0], key=good.vip_bundle_id)
+    sent = {}
+    for n, (topic, value, _) in enumerate(bad):
+        headers = [("case", str(n).encode()), ("trace", b"t-%d" % n), ("trace", b"again")]
+        where = deployment.send_raw(topic, good.vip_bundle_id, value, headers)
+        sent[(topic, *where)] = (n, value, headers)
+    deployment.publish(*history[1:], key=good.vip_bundle_id)
+
+    running = deployment.start()
+    expected = expected_outputs(topics, history)
+    received = deployment.read(until=lambda got: len(got) >= sum(expected.values()))
+    dead = deployment.read([topics.dlq], until=lambda got: len(got) >= len(bad), settle=2.0)
+    running.stop()
+
+    assert observed(received) == expected
+    assert len(dead) == len(bad)  # one each: counted, not keyed by anything
+    by_source = {
+        (
+            r.headers["__streams.errors.topic"].decode(),
+            int(r.headers["__streams.errors.partition"]),
+            int(r.headers["__streams.errors.offset"]),
+        ): r
+        for r in dead
+    }
+    assert by_source.keys() == sent.keys()  # the input record's own topic/partition/offset
+    for source, record in by_source.items():
+        n, value, headers = sent[source]
+        assert record.key == good.vip_bundle_id
+        assert record.message == value
+        assert list(record.header_list[: len(headers)]) == headers  # original, in order
+        assert [name for name, _ in record.header_list[len(headers) :]] == DLQ_HEADERS
+        assert record.headers["__streams.errors.exception"] == b"BadInput"
+        assert bad[n][2].encode() in record.headers["__streams.errors.message"]
+        assert b"BadInput" in record.headers["__streams.errors.stacktrace"]
 
 
 def test_a_lagging_index_catches_up_before_anything_is_skipped(

@@ -12,7 +12,7 @@ import pytest
 
 from processor import localkafka
 from tests.factories import OUTCOMES, BundleStory
-from tests.harness import Deployment, expected_outputs, observed
+from tests.harness import Deployment, clean_up_deployments, expected_outputs, observed
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,7 @@ def private_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     try:
         yield bootstrap
     finally:
+        clean_up_deployments(bootstrap)  # while it answers; its data goes with it anyway
         localkafka.down()
 
 
