@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import fastavro
+import msgspec
 
 from processor.codec import MAGIC, Codec
 from processor.domain.messages import (
@@ -132,14 +133,7 @@ class BundleStory:
 def avro_record(event: object, **changes: object) -> dict[str, object]:
     """`event` as the plain record fastavro writes, with fields replaced by `changes`."""
 
-    def plain(value: object) -> object:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        return value
-
-    record = plain(asdict(event))  # type: ignore[call-overload]
+    record = msgspec.to_builtins(event, builtin_types=(datetime,))
     assert isinstance(record, dict)
     return record | changes
 

@@ -23,11 +23,11 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -464,10 +464,7 @@ def final_state(events: Iterable[Event]) -> dict[str, Any]:
         assert isinstance(decision, Apply), decision
         state = decision.state
     assert state is not None
-    return {
-        k: v.isoformat() if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v
-        for k, v in asdict(state).items()
-    }
+    return msgspec.json.decode(msgspec.json.encode(state))  # as /bundles/<id> serves it
 
 
 def observed(received: Iterable[Received]) -> Expected:

@@ -26,6 +26,11 @@ class CommitStuck(Exception):
     """The commit neither succeeded nor failed in time."""
 
 
+class TransactionFailed(Exception):
+    """A record of the transaction was refused (too large, topic gone...): the
+    transaction can only be aborted, and its work redone."""
+
+
 class Committable(Protocol):
     """What a task does at each step of a commit."""
 
@@ -85,6 +90,11 @@ class Checkpoint:
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                # An earlier record of this transaction was refused: it can only abort.
+                # Keep going until the commit says so, rather than stop halfway.
+                self._failed.append(exc.args[0])
+                break
         self.records += 1
 
     def changelog(self, partition: int, changes: dict[bytes, bytes | None]) -> None:
@@ -109,6 +119,9 @@ class Checkpoint:
                     break
                 except BufferError:
                     self._producer.poll(0.05)
+                except KafkaException as exc:
+                    self._failed.append(exc.args[0])
+                    break
         self.records += len(changes)
 
     def _produced(self, err: KafkaError | None, msg: Message) -> None:
@@ -136,7 +149,7 @@ class Checkpoint:
             self._prepared = True
         self._producer.flush()  # serve the delivery reports here, before the commit
         if self._failed:
-            raise KafkaException(self._failed[0])
+            raise TransactionFailed(f"a record was refused: {self._failed[0].str()}")
         offsets = [tp for task in tasks for tp in task.offsets()]
         if offsets:
             self._producer.send_offsets_to_transaction(offsets, group_metadata)

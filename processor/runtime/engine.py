@@ -26,7 +26,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from processor.runtime.checkpoint import Checkpoint, CommitStuck
+from processor.runtime.checkpoint import Checkpoint, CommitStuck, TransactionFailed
 from processor.runtime.clients import Clients, Consumer, KafkaClients
 from processor.runtime.clock import Clock
 from processor.runtime.global_table import Extract, GlobalTable, GlobalTables
@@ -390,7 +390,8 @@ class Engine:
         return max(timeout, 0.0)
 
     def _consumer_error(self, error: KafkaError) -> None:
-        if error.fatal():
+        # _FATAL: e.g. "static consumer fenced", another process took our instance id.
+        if error.fatal() or error.code() == KafkaError._FATAL:
             raise KafkaException(error)
         log.warning("consumer: %s", error)
 
@@ -461,12 +462,16 @@ class Engine:
                 break
             except CommitStuck as exc:
                 log.error(
-                    "%s; replacing the producer (it fences and aborts that transaction) "
-                    "and reprocessing from the committed offsets",
+                    "%s; replacing the producer (it fences that transaction), then carrying "
+                    "on from what Kafka holds: it may have committed or not",
                     exc,
                 )
                 self._replace_producer()
-                self._rewind()
+                self._recover_unknown_outcome()
+                return
+            except TransactionFailed as exc:
+                log.warning("transaction aborted, its work will be redone: %s", exc)
+                self._abort_and_rewind()
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -503,6 +508,22 @@ class Engine:
         self._producer = self._clients.producer(self._producer_config)
         self._producer.init_transactions(60)
         self._checkpoint = self._new_checkpoint()
+
+    def _recover_unknown_outcome(self) -> None:
+        """After a commit given up: the new producer's fencing ended the transaction
+        one way or the other. Restoring every store's changelog tail and rewinding to
+        the committed offsets is right either way: committed, both include it;
+        aborted, neither does."""
+        self._rewind()
+        stores = {}
+        for task in self.stateful_tasks():
+            if task.state is TaskState.RUNNING:
+                task.state = TaskState.RESTORING
+                task.txn.forget()  # decoded states may be of the lost transaction
+                self._pause(task.partitions)
+                stores[task.partition] = task.txn.store
+        for p in self._restorer.add(stores):
+            self._start(self._tasks[f"task {p}"])
 
     def _new_checkpoint(self) -> Checkpoint:
         sources = frozenset(self.config.source_topics)

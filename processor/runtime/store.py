@@ -193,6 +193,11 @@ class StoreTransaction:
         self._staged.clear()
         self._prepared = {}
 
+    def forget(self) -> None:
+        """Drop the decoded-state cache too: the store is about to change under it."""
+        self.abort()
+        self._cache.clear()
+
     def _remember(self, key: bytes, state: Any) -> None:
         self._cache[key] = state
         self._cache.move_to_end(key)
