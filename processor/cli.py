@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka import KafkaException
@@ -136,6 +137,56 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _registry_args(parser: argparse.ArgumentParser, *, processor: bool = False) -> None:
+    group = parser.add_argument_group("Schema Registry mode")
+    group.add_argument(
+        "--schema-registry",
+        metavar="URL",
+        default=os.environ.get("SCHEMA_REGISTRY_URL"),
+        help="read and write the Confluent wire format (magic byte 0, schema id, Avro body) "
+        "with the schemas in this registry (its Confluent-compatible API), subjects "
+        "<topic>-value; unset: Avro single-object encoding, no registry "
+        "(env SCHEMA_REGISTRY_URL)",
+    )
+    group.add_argument(
+        "--schema-registry-option",
+        dest="registry_options",
+        metavar="KEY=VALUE",
+        type=key_value,
+        action="append",
+        default=[],
+        help="SchemaRegistryClient setting (repeatable), e.g. "
+        "basic.auth.user.info=USER:PASSWORD, ssl.ca.location=/ca.pem",
+    )
+    if processor:
+        group.add_argument(
+            "--no-register-schemas",
+            dest="register_schemas",
+            action="store_false",
+            help="look up the ids of our output and changelog schemas instead of registering "
+            "them (for registries where the processor may only read; register them with "
+            "`processor schemas register`)",
+        )
+
+
+def _codec(args: argparse.Namespace, writes: str) -> Any:
+    """Single-object Avro, or with --schema-registry the Confluent wire format;
+    `writes` is "processor" (outputs, changelog) or "services" (the six events)."""
+    if not args.schema_registry:
+        return Codec()
+    from processor import registry_codec  # the registry client's HTTP stack, only if used
+
+    client = registry_codec.make_client(args.schema_registry, dict(args.registry_options))
+    topics = _topics(args)
+    return registry_codec.RegistryCodec(
+        client,
+        registry_codec.processor_topics(topics)
+        if writes == "processor"
+        else registry_codec.input_topics(topics),
+        register=getattr(args, "register_schemas", True),
+    )
+
+
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
@@ -169,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "internal topics and refuses mis-partitioned ones.",
     )
     _connection_args(run)
+    _registry_args(run, processor=True)
     run.add_argument(
         "--instance-id",
         default=os.environ.get("VIP_INSTANCE_ID"),
@@ -315,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         "truth. Exit code 1 on any violation.",
     )
     _connection_args(simulate)
+    _registry_args(simulate)
     _simulation_args(simulate)
     simulate.set_defaults(func=cmd_simulate)
 
@@ -324,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The whole thing on one broker: what `make run` runs.",
     )
     _connection_args(demo)
+    _registry_args(demo)
     _state_dir_arg(demo)
     demo.add_argument("--partitions", type=int, default=12, help="default %(default)s")
     demo.add_argument(
@@ -482,6 +536,7 @@ def _simulation_config(args: argparse.Namespace) -> SimulationConfig:
         timeout_s=args.timeout,
         seed=args.seed if args.seed is not None else random.randrange(2**32),
         client_config=dict(args.client_config),
+        codec=_codec(args, writes="services"),
     )
 
 
@@ -518,7 +573,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Nothing would poll it while the engine runs: its log lines would queue up unserved.
     del admin
     state_dir = args.state_dir / args.application_id
-    codec = Codec()
+    codec = _codec(args, writes="processor")
     engine = build_engine(
         bootstrap_servers=args.bootstrap_servers,
         topics=topics,
@@ -631,6 +686,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     forwarded += [f"-X{k}={v}" for k, v in args.client_config]
     forwarded += [f"--topic={k}={v}" for k, v in args.topic_overrides]
+    if args.schema_registry:
+        forwarded += ["--schema-registry", args.schema_registry]
+        forwarded += [f"--schema-registry-option={k}={v}" for k, v in args.registry_options]
     with log_path.open("a") as log_file:
         processor = subprocess.Popen(
             [sys.executable, "-m", "processor", "run", *forwarded],

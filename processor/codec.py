@@ -79,6 +79,7 @@ class SchemaStore:
     def __init__(self, directory: Path = DEFAULT_SCHEMA_DIR) -> None:
         if not directory.is_dir():
             raise FileNotFoundError(f"schema directory {directory} does not exist")
+        self.directory = directory
         current = [_load(p) for p in sorted(directory.glob("*.avsc"))]
         retired = [_load(p) for p in sorted((directory / "history").glob("*.avsc"))]
         self.readers: dict[str, WriterSchema] = {s.full_name: s for s in current}

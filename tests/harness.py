@@ -237,6 +237,10 @@ class Deployment:
     partitions: int = 3
     input_partitions: tuple[int, ...] = (2,)  # cycled over the six input topics
     inputs_of: Deployment | None = None  # share another deployment's input topics
+    # How the engine reads and writes (default: single-object Avro), and how this
+    # deployment's services write events (default: the engine's codec).
+    codec: Any = None
+    services_codec: Any = None
     topics: Topics = field(init=False)
     _running: list[RunningEngine] = field(init=False, default_factory=list)
     _processes: list[Process] = field(init=False, default_factory=list)
@@ -258,6 +262,14 @@ class Deployment:
             {"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random"}
         )
         self._bundle_of_booking: dict[str, str] = {}  # what the route stage's index knows
+
+    @property
+    def engine_codec(self) -> Any:
+        return self.codec or codec
+
+    @property
+    def events_codec(self) -> Any:
+        return self.services_codec or self.engine_codec
 
     @property
     def app(self) -> str:
@@ -291,7 +303,7 @@ class Deployment:
             instance_id=instance,
             state_dir=self.state_root / instance,
             consumer_config=FAST_GROUP,
-            codec=codec,
+            codec=self.engine_codec,
             **changes,
         )
         running = RunningEngine(engine, threading.Thread(target=lambda: None))
@@ -346,14 +358,15 @@ class Deployment:
                 self._bundle_of_booking.setdefault(getattr(event, "booking_id", ""), named)
             bundle = key or named or self._bundle_of_booking[event.booking_id]
             topic = self.topics.repartition(event.schema_name)
-            sent.append(self.send_raw(topic, bundle, codec.encode(event)))
+            sent.append(self.send_raw(topic, bundle, self.events_codec.encode(event)))
         return sent
 
     def publish(self, *events: Event, key: str | None = None) -> list[tuple[int, int]]:
         """Produces events to their input topics as the services would: with `key`
         (None: no key) and no regard for bundles."""
         return [
-            self.send_raw(self.topics.input(e.schema_name), key, codec.encode(e)) for e in events
+            self.send_raw(self.topics.input(e.schema_name), key, self.events_codec.encode(e))
+            for e in events
         ]
 
     def send_raw(
@@ -420,7 +433,7 @@ class Deployment:
                     Received(
                         msg.topic(),
                         (msg.key() or b"").decode(),
-                        codec.decode(value) if is_ours else value,
+                        self.engine_codec.decode(value) if is_ours else value,
                         dict(headers),
                         msg.partition(),
                         msg.offset(),

@@ -30,7 +30,7 @@ from processor.runtime.checkpoint import Checkpoint, CommitStuck, TransactionFai
 from processor.runtime.clients import Clients, Consumer, KafkaClients
 from processor.runtime.clock import Clock
 from processor.runtime.global_table import Extract, GlobalTable, GlobalTables
-from processor.runtime.handler import Handler, Router, StateSerde
+from processor.runtime.handler import Handler, Router, StateSerde, TryLater
 from processor.runtime.parking import Backoff
 from processor.runtime.restore import Restorer
 from processor.runtime.stats import Stats
@@ -119,6 +119,8 @@ class Engine:
         self._assigned_once = False
         self._tables_behind = False
         self._routing_held = False
+        self._held_until: float | None = None  # paused for a TryLater until then
+        self._try_later_s = 0.0
         self.memory = StateMemory(config.state_memory)
         common = {"bootstrap.servers": config.bootstrap_servers, **config.client_config}
         group = {
@@ -347,13 +349,24 @@ class Engine:
                 )
                 self._start(self._tasks[f"task {done.partition}"])
             self.stats.restored = self._restorer.restored
-        self._tables_behind = self._tables.step()
         now = time.monotonic()
         parking_now = self._clock.monotonic()
         out = self._checkpoint
-        for task in self._tasks.values():
-            if task.state is TaskState.RUNNING and (task.pending or self._due(task, parking_now)):
-                task.process(out, parking_now)
+        if self._held_until is not None and now >= self._held_until:
+            self._held_until = None
+            self._resume(
+                tp for t in self._running() for tp in t.partitions if tp not in self._paused
+            )
+        try:
+            self._tables_behind = self._tables.step()
+            for task in self._tasks.values():
+                if task.state is TaskState.RUNNING and (
+                    task.pending or self._due(task, parking_now)
+                ):
+                    task.process(out, parking_now)
+        except TryLater as exc:
+            self._try_later(exc)
+            return
         self._push_back()
         if out.is_open and (
             (not fetched and self.config.commit_when_idle)
@@ -487,6 +500,7 @@ class Engine:
                 raise
         for task in tasks:
             task.flush(self._checkpoint.changelog_offsets)
+        self._try_later_s = 0.0
         for (topic, partition), end in self._checkpoint.produced_ends.items():
             owner = self._by_tp.get((topic, partition))
             if owner is not None:
@@ -508,6 +522,15 @@ class Engine:
         self._producer = self._clients.producer(self._producer_config)
         self._producer.init_transactions(60)
         self._checkpoint = self._new_checkpoint()
+
+    def _try_later(self, exc: TryLater) -> None:
+        """A dependency is away: drop this transaction's work, pause every partition a
+        while (doubling up to 30 s), then go on from the committed offsets."""
+        self._try_later_s = min(max(self._try_later_s * 2, 1.0), 30.0)
+        log.warning("%s; aborting, trying again in %.0fs", exc, self._try_later_s)
+        self._abort_and_rewind()
+        self._pause(tp for t in self._running() for tp in t.partitions)
+        self._held_until = time.monotonic() + self._try_later_s
 
     def _recover_unknown_outcome(self) -> None:
         """After a commit given up: the new producer's fencing ended the transaction

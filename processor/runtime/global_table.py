@@ -73,6 +73,23 @@ class GlobalTable:
             return 0
         batch = WriteBatch(raw_mode=True)
         read = 0
+        positions = dict(self.positions)  # applied only with the batch: extract may raise
+        try:
+            read = self._apply(messages, batch, positions)
+        except BaseException:
+            # Read again what this slice took, once whatever failed is back.
+            for p, offset in self.positions.items():
+                self._consumer.seek(TopicPartition(self.topic, p, offset))
+            raise
+        for p, offset in positions.items():
+            batch.put(str(p).encode(), str(offset).encode(), self._meta_handle)
+        self._db.write(batch)
+        self.positions = positions
+        self.records += read
+        return read
+
+    def _apply(self, messages: list, batch: WriteBatch, positions: dict[int, int]) -> int:
+        read = 0
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -83,12 +100,8 @@ class GlobalTable:
                 continue
             for key, value in self._extract(msg.value() or b""):
                 batch.put(key, value)
-            self.positions[msg.partition()] = msg.offset() + 1
+            positions[msg.partition()] = msg.offset() + 1
             read += 1
-        for p, offset in self.positions.items():
-            batch.put(str(p).encode(), str(offset).encode(), self._meta_handle)
-        self._db.write(batch)
-        self.records += read
         return read
 
     def reached(self, target: dict[int, int]) -> bool:

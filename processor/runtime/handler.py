@@ -104,6 +104,11 @@ class BadInput(Exception):
     """The record can never be processed: it goes to the dead-letter queue."""
 
 
+class TryLater(Exception):
+    """Something the handler needs is away (a schema registry...), not the record's
+    fault: the engine aborts the transaction, pauses, and does the work again."""
+
+
 Handler = Callable[[Record, Any], Outcome]
 """(record, current state of record.key() or None) -> outcome. Must be pure with
 respect to the runtime: the same arguments give the same outcome."""

@@ -7,6 +7,7 @@ import heapq
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -34,6 +35,7 @@ class SimulationConfig:
     settle_s: float = 2.0  # keep listening after completion: duplicates show up late
     seed: int = 0
     client_config: dict[str, str] = field(default_factory=dict)
+    codec: Any = None  # how events are written and outputs read; default single-object Avro
 
 
 @dataclass
@@ -61,7 +63,7 @@ def _key(event: Event) -> str | None:
 
 def simulate(config: SimulationConfig, console: Console | None = None) -> Result:
     console = console or Console(stderr=True)
-    codec = Codec()
+    codec = config.codec or Codec()
     common = {
         "bootstrap.servers": config.bootstrap_servers,
         **config.client_config,
