@@ -30,6 +30,13 @@ class BundleSerde:
     def loads(self, raw: bytes) -> VipBundle:
         return self._codec.decode(raw, VipBundle)
 
+    @staticmethod
+    def label(raw: bytes) -> str:
+        """ "finalized" or "active", read off the bytes: VipBundle's last two fields are
+        the booleans is_finalized and failed, one byte each at the end of the body in
+        both wire formats (tests/test_manage.py pins this to the schema)."""
+        return "finalized" if raw[-2] == 1 else "active"
+
 
 def saga_handler(codec: Codec, topics: Topics) -> Handler:
     event_types = {topics.repartition(cls.schema_name): cls for cls in EVENT_TYPES}

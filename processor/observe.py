@@ -19,7 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from processor.codec import Codec
 from processor.domain.messages import VipBundle
@@ -88,11 +93,60 @@ class EngineCollector:
             "changelog records still to restore",
             value=sum(r["remaining"] for r in restoring.values()),
         )
+        yield from self._histograms()
+        lag = GaugeMetricFamily(
+            "vip_bundle_consumer_lag",
+            "records a partition holds beyond what this instance fetched (cached high "
+            "watermark; includes transaction markers)",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), records in sorted(self._engine.lag().items()):
+            lag.add_metric([topic, str(partition)], records)
+        yield lag
+        remaining = GaugeMetricFamily(
+            "vip_bundle_restore_remaining_records_by_partition",
+            "changelog records a restoring store still has to read",
+            labels=["partition"],
+        )
+        for partition, progress in restoring.items():
+            remaining.add_metric([partition], progress["remaining"])
+        yield remaining
+        states = GaugeMetricFamily(
+            "vip_bundle_bundles",
+            "bundles in this instance's stores, by state (counted once a store runs, then "
+            "kept up to date by every commit)",
+            labels=["state"],
+        )
+        labels = self._engine.state_labels()
+        for state in ("active", "finalized"):
+            states.add_metric([state], labels.get(state, 0))
+        yield states
         yield GaugeMetricFamily(
             "vip_bundle_seconds_since_loop",
             "seconds since the processing loop last turned",
             value=time.monotonic() - self._engine.last_loop_at,
         )
+
+
+    def _histograms(self) -> Iterator[Metric]:
+        commit = HistogramMetricFamily(
+            "vip_bundle_commit_duration_seconds",
+            "from the start of a transaction's commit (changelog, flush, offsets, commit) "
+            "until its state is in RocksDB",
+        )
+        buckets, total = self._engine.commit_seconds.snapshot()
+        commit.add_metric([], buckets, total)
+        yield commit
+        records = HistogramMetricFamily(
+            "vip_bundle_record_processing_seconds",
+            "time to process one record, per stage: route (decode, index lookup, forward) "
+            "and manage (decode, decide, stage state and outputs)",
+            labels=["stage"],
+        )
+        for stage, histogram in self._engine.record_seconds.items():
+            buckets, total = histogram.snapshot()
+            records.add_metric([stage], buckets, total)
+        yield records
 
 
 def _jsonable(state: VipBundle) -> dict[str, object]:

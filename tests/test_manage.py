@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from msgspec.structs import replace
 
 from processor.codec import Codec
 from processor.domain.messages import BookShowTickets, VipBundle
-from processor.manage import saga_handler
+from processor.manage import BundleSerde, saga_handler
 from processor.runtime.handler import BadInput, InputRecord, Retry, Skip, Stage
 from processor.topology import Topics
 from tests.factories import BundleStory
@@ -62,3 +63,21 @@ def test_an_event_on_another_events_topic_is_bad_input() -> None:
 def test_a_key_that_is_not_the_events_bundle_is_bad_input() -> None:
     with pytest.raises(BadInput, match="is not the event's vip_bundle_id"):
         handle(record(story.flight_booked(), key="someone-else"), None)
+
+
+def test_the_state_label_reads_is_finalized_off_the_bytes_in_both_wire_formats() -> None:
+    serde = BundleSerde(codec)
+    state = None
+    for event in [story.initialized(), story.booking_made(), *story.all_confirmed()]:
+        staged = handle(record(event), state)
+        assert isinstance(staged, Stage)
+        state = staged.state
+        assert serde.label(serde.dumps(state)) == "active"
+    final = handle(record(story.flight_failed()), state)
+    assert isinstance(final, Stage) and final.state.is_finalized and final.state.failed
+    assert serde.label(serde.dumps(final.state)) == "finalized"
+    booked = replace(state, is_finalized=True, failed=False)  # finalized, succeeded
+    assert serde.label(serde.dumps(booked)) == "finalized"
+    # The Confluent wire format puts the same body after its 5-byte header.
+    body = serde.dumps(booked)[10:]
+    assert BundleSerde.label(b"\x00\x00\x00\x00\x07" + body) == "finalized"

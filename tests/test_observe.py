@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -36,7 +37,11 @@ def test_metrics_health_readiness_and_bundle_state(kafka_bootstrap: str, tmp_pat
     try:
         deployment.read(until=lambda got: len(got) == 2)  # BookShowTickets, BookFlight
         # The confirmation publishes nothing: wait until its state change is committed.
-        wait_for(lambda: running.engine.stats.processed == 3 and not running.engine.parked)
+        wait_for(
+            lambda: running.engine.stats.processed == 3 and not running.engine.parked,
+            10,
+            f"3 processed: {running.engine.stats} parked {running.engine.parked}",
+        )
         wait_for(lambda: json.loads(get(base, f"/bundles/{story.vip_bundle_id}")[1])["ticket_ids"])
 
         assert get(base, "/healthz")[0] == 200
@@ -60,6 +65,26 @@ def test_metrics_health_readiness_and_bundle_state(kafka_bootstrap: str, tmp_pat
         assert "vip_bundle_forwarded_total 3.0" in metrics
         assert "vip_bundle_processed_total 3.0" in metrics
         assert "vip_bundle_assigned_partitions 3.0" in metrics
+        assert 'vip_bundle_bundles{state="active"} 1.0' in metrics
+        assert 'vip_bundle_bundles{state="finalized"} 0.0' in metrics
+        assert 'vip_bundle_record_processing_seconds_count{stage="route"} 3.0' in metrics
+        assert 'vip_bundle_record_processing_seconds_count{stage="manage"} 3.0' in metrics
+        commits = re.search(r"^vip_bundle_commit_duration_seconds_count (\S+)$", metrics, re.M)
+        assert commits and float(commits[1]) >= 1
+        lags = re.findall(
+            r'^vip_bundle_consumer_lag\{partition="(\d+)",topic="([^"]+)"\} (\S+)$', metrics, re.M
+        )
+        # Known once a partition was fetched from: those that had records at least.
+        fed = {
+            deployment.topics.input(e.schema_name)
+            for e in (story.initialized(), story.booking_made())
+        }
+        assert (
+            fed
+            <= {t for _, t, _ in lags}
+            <= {*deployment.topics.inputs, *deployment.topics.repartitions}
+        )
+        assert all(float(v) >= 0 for *_, v in lags)
     finally:
         server.shutdown()
         running.stop()

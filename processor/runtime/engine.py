@@ -33,7 +33,7 @@ from processor.runtime.global_table import Extract, GlobalTable, GlobalTables
 from processor.runtime.handler import Handler, Router, StateSerde, TryLater
 from processor.runtime.parking import Backoff
 from processor.runtime.restore import Restorer
-from processor.runtime.stats import Stats
+from processor.runtime.stats import COMMIT_BUCKETS, RECORD_BUCKETS, Histogram, Stats
 from processor.runtime.store import MiB, PartitionStore, StateMemory, StoreTransaction
 from processor.runtime.task import RouteTask, StatefulTask, TaskState
 
@@ -104,6 +104,11 @@ class Engine:
         self.config = config
         self._clock = clock or Clock()  # parking's: wall clock waits, monotonic retries
         self.stats = Stats()
+        self.commit_seconds = Histogram(COMMIT_BUCKETS)
+        self.record_seconds = {
+            "route": Histogram(RECORD_BUCKETS),
+            "manage": Histogram(RECORD_BUCKETS),
+        }
         self.ready = threading.Event()  # every task runs, the global tables caught up
         self.last_loop_at = time.monotonic()  # liveness: the loop is not stuck
         self._handler = handler
@@ -273,6 +278,25 @@ class Engine:
 
     def stateful_tasks(self) -> list[StatefulTask]:
         return [t for t in list(self._tasks.values()) if isinstance(t, StatefulTask)]
+
+    def state_labels(self) -> dict[str, int]:
+        """States in this instance's stores by the serde's label."""
+        total: dict[str, int] = {}
+        for task in self.stateful_tasks():
+            for label, count in list(task.txn.labels.items()):
+                total[label] = total.get(label, 0) + count
+        return total
+
+    def lag(self) -> dict[TP, int]:
+        """Records each assigned partition has beyond what this instance fetched, from
+        the consumers' cached high watermarks (no request)."""
+        lags: dict[TP, int] = {}
+        for consumer, tps in self._split(self._by_tp):
+            for tp in consumer.position(tps):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    lags[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        return lags
 
     @property
     def paused_partitions(self) -> int:
@@ -465,6 +489,7 @@ class Engine:
         return [t for t in self._tasks.values() if t.state is TaskState.RUNNING]
 
     def _commit(self) -> None:
+        started = time.perf_counter()
         tasks = self._running()
         backoff = 0.1
         while True:
@@ -500,6 +525,7 @@ class Engine:
                 raise
         for task in tasks:
             task.flush(self._checkpoint.changelog_offsets)
+        self.commit_seconds.observe(time.perf_counter() - started)
         self._try_later_s = 0.0
         for (topic, partition), end in self._checkpoint.produced_ends.items():
             owner = self._by_tp.get((topic, partition))
@@ -626,6 +652,7 @@ class Engine:
                 self._clock,
                 buffer_limit=self.config.buffered_per_partition,
                 max_idle_s=self.config.max_task_idle_s,
+                timing=self.record_seconds["manage"],
             )
             self._add_task(task)
             tasks.append(task)
@@ -656,6 +683,8 @@ class Engine:
     def _start(self, task: Task) -> None:
         """Restored: the task runs and its partitions are fetched."""
         task.state = TaskState.RUNNING
+        if isinstance(task, StatefulTask) and hasattr(self._serde, "label"):
+            task.txn.labels = task.txn.store.count(self._serde.label)
         self._resume(task.partitions)
 
     # --- rebalance ------------------------------------------------------------------
@@ -679,6 +708,7 @@ class Engine:
                     self.stats,
                     self.config.buffered_per_partition,
                     self.config.max_task_idle_s,
+                    self.record_seconds["route"],
                 )
             )
         self._pending |= {tp.partition for tp in stateful}

@@ -28,6 +28,7 @@ Extract = Callable[[bytes], Iterable[tuple[bytes, bytes]]]
 """record value -> the table entries it contributes (none for records to ignore)."""
 
 _META = "meta"
+PARTITIONS_CHECK_S = 30.0  # how often a target also looks for partitions added to a table
 
 
 class GlobalTable:
@@ -51,8 +52,10 @@ class GlobalTable:
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
-    def assign_new_partitions(self) -> None:
-        metadata = self._consumer.list_topics(self.topic, timeout=30).topics[self.topic]
+    def assign_new_partitions(self, admin: Admin) -> None:
+        # Asked of the admin client: the consumer's own metadata requests queue behind
+        # its long-polling fetches (fetch.wait.max.ms) on the same connection.
+        metadata = admin.list_topics(self.topic, timeout=30).topics[self.topic]
         if metadata.error is not None:
             raise KafkaException(metadata.error)
         new = sorted(p for p in metadata.partitions if p not in self.positions)
@@ -138,10 +141,12 @@ class GlobalTables:
         self._wanted = False
         self.first_caught_up_s: float | None = None  # start-up catch-up, for the logs
         self._started = time.monotonic()
+        self._partitions_checked = self._started
 
     def start(self) -> None:
         for table in self.tables:
-            table.assign_new_partitions()
+            table.assign_new_partitions(self._admin)
+        self._partitions_checked = time.monotonic()
         self.ticket()  # readiness waits for the first catch-up
 
     def ticket(self) -> int:
@@ -197,8 +202,10 @@ class GlobalTables:
 
     def _take_target(self) -> None:
         self._taken, self._next, self._wanted = self._next, self._next + 1, False
-        for table in self.tables:
-            table.assign_new_partitions()
+        if time.monotonic() - self._partitions_checked >= PARTITIONS_CHECK_S:
+            self._partitions_checked = time.monotonic()
+            for table in self.tables:
+                table.assign_new_partitions(self._admin)
         ends = end_offsets(self._admin, [(t.topic, p) for t in self.tables for p in t.positions])
         self._target = {t.topic: {p: ends[(t.topic, p)] for p in t.positions} for t in self.tables}
 

@@ -115,10 +115,13 @@ respect to the runtime: the same arguments give the same outcome."""
 
 
 class StateSerde(Protocol):
-    """How a handler's states are stored: in RocksDB and in the changelog."""
+    """How a handler's states are stored: in RocksDB and in the changelog. `label`
+    sorts stored states for the states-in-store gauge (e.g. active / finalized); it
+    reads bytes, as stores are counted without decoding."""
 
     def dumps(self, state: Any) -> bytes: ...
     def loads(self, raw: bytes) -> Any: ...
+    def label(self, raw: bytes) -> str: ...
 
 
 # --- stateless routing (the first sub-topology) --------------------------------

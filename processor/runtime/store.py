@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,10 @@ class PartitionStore:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         yield from self._db.items()
 
+    def count(self, label: Callable[[bytes], str]) -> Counter[str]:
+        """Stored states by label: one pass over the store (about 1 s a million)."""
+        return Counter(label(value) for value in self._db.values())
+
     def estimated_keys(self) -> int:
         return self._db.property_int_value("rocksdb.estimate-num-keys") or 0
 
@@ -149,6 +153,7 @@ class StoreTransaction:
         self._prepared: dict[bytes, bytes | None] = {}
         self._cache: OrderedDict[bytes, Any] = OrderedDict()
         self._cache_size = cache_size
+        self.labels: Counter[str] = Counter()  # stored states by serde.label, once counted
 
     def get(self, key: bytes) -> Any:
         if key in self._staged:
@@ -180,6 +185,13 @@ class StoreTransaction:
     def flush(self, changelog_offset: int) -> None:
         """The transaction committed: make its state the store's."""
         if self._prepared:
+            label, get = self._serde.label, self.store.get
+            for key, raw in self._prepared.items():
+                old = get(key)
+                if old is not None:
+                    self.labels[label(old)] -= 1
+                if raw is not None:
+                    self.labels[label(raw)] += 1
             self.store.write(self._prepared, changelog_offset)
         for key, state in self._staged.items():
             if state is None:

@@ -11,6 +11,7 @@ one commit path.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from enum import Enum
 
@@ -34,7 +35,7 @@ from processor.runtime.handler import (
 )
 from processor.runtime.ordering import TimestampOrder
 from processor.runtime.parking import Backoff, ParkingLot, Resume, resume_metadata
-from processor.runtime.stats import Stats
+from processor.runtime.stats import RECORD_BUCKETS, Histogram, Stats
 from processor.runtime.store import StoreTransaction
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ class RouteTask:
         stats: Stats,
         buffer_limit: int = 2000,
         max_idle_s: float = 0.5,
+        timing: Histogram | None = None,
     ) -> None:
         self.partitions = sorted(partitions)
+        self._timing = timing or Histogram(RECORD_BUCKETS)
         self.state = TaskState.RUNNING
         self.max_records = 1000  # per turn: the loop commits and polls between turns
         self._router = router
@@ -110,8 +113,11 @@ class RouteTask:
         route, stats, send, positions = self._router, self._stats, out.send, self.positions
         waiting = False
 
+        observe, clock = self._timing.observe, time.perf_counter
+
         def handle(source: tuple[str, int], record: Record) -> bool:
             nonlocal waiting
+            started = clock()
             outcome = route(record)
             if isinstance(outcome, Forward):
                 timestamp = record.timestamp()[1]
@@ -132,8 +138,11 @@ class RouteTask:
                 _dead_letter(out, self._dlq, record, BadInput(outcome.reason), stats)
             self._ticket = None
             positions[source] = record.offset() + 1
+            observe(clock() - started)
             return True
 
+        if self._order.pending:
+            out.begin()  # positions move: there is a commit to make even without outputs
         self._order.drain(now, handle, lambda _: False, self.max_records)
         self._blocked = self._order.over_limit()
 
@@ -178,8 +187,10 @@ class StatefulTask:
         clock: Clock | None = None,
         buffer_limit: int = 2000,
         max_idle_s: float = 0.5,
+        timing: Histogram | None = None,
     ) -> None:
         self.partition = partition
+        self._timing = timing or Histogram(RECORD_BUCKETS)
         self.topics = tuple(topics)
         self.state = TaskState.RESTORING
         self.max_records = 1000  # per turn: the loop commits and polls between turns
@@ -237,12 +248,17 @@ class StatefulTask:
         the task's topics (see ordering.py): a ticket confirmation is handled before
         the younger flight failure it completes, even when they come on two topics."""
         now, now_ms = self._clock.monotonic(), self._clock.wall_ms()
+        out.begin()  # state and positions may move without any output: still a commit
         for topic, key in list(self.parking.due(now)):
             if self.parking.blocks(topic, key):
                 self._retry_queue(topic, key, out, now, now_ms)
 
+        observe, clock = self._timing.observe, time.perf_counter
+
         def handle(topic: str, record: Record) -> bool:
+            started = clock()
             self._one(record, topic, out, now, now_ms)
+            observe(clock() - started)
             return True
 
         self._blocked = self._order.drain(now, handle, self._must_wait, self.max_records)

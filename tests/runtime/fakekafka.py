@@ -492,7 +492,15 @@ class FakeAdmin:
         return out
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
-        return None
+        names = [topic] if topic else list(self.cluster.logs)
+        return SimpleNamespace(
+            topics={
+                name: SimpleNamespace(
+                    error=None, partitions={p: None for p in range(len(self.cluster.logs[name]))}
+                )
+                for name in names
+            }
+        )
 
     def poll(self, timeout: float = 0) -> int:
         return 0

@@ -41,6 +41,9 @@ class IntSerde:
     def loads(self, raw: bytes) -> int:
         return int(raw)
 
+    def label(self, raw: bytes) -> str:
+        return "big" if int(raw) >= 10 else "small"
+
 
 def handle(record: Record, total: int | None) -> Stage | Retry:
     verb, _, number = (record.value() or b"").decode().partition(":")
