@@ -99,7 +99,7 @@ def test_bad_input_records_go_to_the_dlq_once_each_as_they_were_and_good_ones_fl
         (
             initialized,
             raw_avro("VipBundleInitialized_v1", avro_record(broken.initialized(), show_id="x")),
-            "undecodable",  # a bad UUID
+            "invalid",  # a bad UUID
         ),
         (
             initialized,

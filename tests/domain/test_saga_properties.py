@@ -4,10 +4,11 @@ events reach its state, the saga ends in the right state with the right outputs.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from processor.domain.messages import (
     BookFlight,
