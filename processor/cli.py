@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+import msgspec
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
@@ -171,19 +172,21 @@ def _registry_args(parser: argparse.ArgumentParser, *, processor: bool = False) 
 
 def _codec(args: argparse.Namespace, writes: str) -> Any:
     """Single-object Avro, or with --schema-registry the Confluent wire format;
-    `writes` is "processor" (outputs, changelog) or "services" (the six events)."""
+    `writes` is "processor" (outputs, changelog), "services" (the six events) or
+    "nothing" (a reader: registers nothing)."""
     if not args.schema_registry:
         return Codec()
     from processor import registry_codec  # the registry client's HTTP stack, only if used
 
     client = registry_codec.make_client(args.schema_registry, dict(args.registry_options))
     topics = _topics(args)
+    written = {
+        "processor": registry_codec.processor_topics,
+        "services": registry_codec.input_topics,
+        "nothing": lambda _: {},
+    }[writes](topics)
     return registry_codec.RegistryCodec(
-        client,
-        registry_codec.processor_topics(topics)
-        if writes == "processor"
-        else registry_codec.input_topics(topics),
-        register=getattr(args, "register_schemas", True),
+        client, written, register=getattr(args, "register_schemas", True)
     )
 
 
@@ -358,6 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     replay.set_defaults(func=cmd_reset, delete_dlq=False)
+    state = commands.add_parser("state", help="read an instance's local state")
+    state_actions = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    get = state_actions.add_parser(
+        "get",
+        help="print one bundle's state from an instance's stores, read-only",
+        description="Reads <state-dir>/<application-id>/<changelog>/<partition> read-only (the "
+        "instance may be stopped, or running: then it shows what the instance committed) and "
+        "prints the bundle as JSON. Exit 1 if no store of that instance holds it.",
+    )
+    get.add_argument("vip_bundle_id")
+    _connection_args(get)
+    _state_dir_arg(get)
+    _registry_args(get)
+    get.set_defaults(func=cmd_state_get)
+
     simulate = commands.add_parser(
         "simulate",
         help="play the ticket and flight services against a running processor and check it",
@@ -613,6 +631,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         if server is not None:
             server.shutdown()
     return 0
+
+
+def cmd_state_get(args: argparse.Namespace) -> int:
+    from processor.domain.messages import VipBundle
+    from processor.runtime.store import read_only
+
+    stores = args.state_dir / args.application_id / _topics(args).changelog
+    key = args.vip_bundle_id.encode()
+    for partition, db in read_only(stores):
+        raw = db.get(key)
+        if raw is not None:
+            bundle = _codec(args, writes="nothing").decode(raw, VipBundle)
+            print(msgspec.json.format(msgspec.json.encode(bundle)).decode())
+            log.info("from the store of partition %s in %s", partition, stores)
+            return 0
+    log.error("no store in %s holds bundle %s", stores, args.vip_bundle_id)
+    return 1
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:

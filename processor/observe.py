@@ -127,7 +127,6 @@ class EngineCollector:
             value=time.monotonic() - self._engine.last_loop_at,
         )
 
-
     def _histograms(self) -> Iterator[Metric]:
         commit = HistogramMetricFamily(
             "vip_bundle_commit_duration_seconds",

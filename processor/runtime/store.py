@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rocksdict import (
+    AccessType,
     BlockBasedOptions,
     Cache,
     Options,
@@ -80,6 +81,25 @@ def open_rocksdb(path: Path, memory: StateMemory) -> Rdict:
         log.warning("store %s is unreadable (%s); rebuilding it from Kafka", path, exc)
         shutil.rmtree(path, ignore_errors=True)
         return Rdict(str(path), options=memory.options, column_families=families)
+
+
+def read_only(path: Path) -> Iterator[tuple[str, Rdict]]:
+    """Every partition store under `path` (a changelog's folder), opened read-only:
+    for tools, beside or after a running instance. Yields (partition, store)."""
+    if not path.is_dir():
+        return
+    for store in sorted(p for p in path.iterdir() if (p / "CURRENT").exists()):
+        options = Options(raw_mode=True)
+        db = Rdict(
+            str(store),
+            options=options,
+            column_families={_META: options},
+            access_type=AccessType.read_only(),
+        )
+        try:
+            yield store.name, db
+        finally:
+            db.close()
 
 
 class PartitionStore:
