@@ -54,11 +54,15 @@ test: install kafka-fetch registry-fetch lint  ## every test; the fixtures start
 # `make run RUN_ARGS="--bundles 5000 --rate 100"` sizes the demo.
 RUN_ARGS ?= --bundles 1000 --rate 25
 
-run: install kafka-fetch  ## the demo: local broker + processor + simulated services (~1 min)
+# `make run REGISTRY=1`: the same in Schema Registry mode (the local registry, or SCHEMA_REGISTRY_URL).
+REGISTRY_ARGS = $(if $(REGISTRY),--schema-registry "$${SCHEMA_REGISTRY_URL:-$$($(PY) -m processor.localregistry url)}")
+
+run: install kafka-fetch  ## the demo: local broker + processor + simulated services (~1 min; REGISTRY=1: registry mode)
 	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then $(PY) -m processor.localkafka up; fi
+	@if [ -n "$(REGISTRY)" ] && [ -z "$$SCHEMA_REGISTRY_URL" ]; then $(PY) -m processor.localregistry up; fi
 	$(PY) -m processor demo \
 	  --bootstrap-servers "$${KAFKA_BOOTSTRAP_SERVERS:-$$($(PY) -m processor.localkafka bootstrap)}" \
-	  $(RUN_ARGS)
+	  $(REGISTRY_ARGS) $(RUN_ARGS)
 	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then echo "The broker keeps running: make kafka-down stops it."; fi
 
 bench: install kafka-fetch  ## throughput, ceiling, latency, restore, RSS -> .local/bench/ (BENCH_ARGS=--help)
