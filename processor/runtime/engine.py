@@ -141,6 +141,9 @@ class Engine:
             # A bounded prefetch, taken a little of every partition at a time: records
             # wait in the tasks' buffers, not behind another stage's in librdkafka's queue.
             "queued.max.messages.kbytes": 4096,
+            # librdkafka waits this long to fetch again once its queue is full (1 s by
+            # default): with a bounded queue, a stall per fill.
+            "fetch.queue.backoff.ms": 10,
             "fetch.max.bytes": 4 * MiB,
             "max.partition.fetch.bytes": 256 * 1024,
             # End-of-partition events tell a task which partitions have nothing more.
@@ -155,6 +158,7 @@ class Engine:
         # an input backlog in a shared fetch queue (the group consumer keeps them paused).
         fetch_keys = (
             "queued.max.messages.kbytes", "fetch.max.bytes", "max.partition.fetch.bytes",
+            "fetch.queue.backoff.ms",
             "enable.partition.eof", "isolation.level", "enable.auto.commit",
             "enable.auto.offset.store", "auto.offset.reset",
         )  # fmt: skip
@@ -173,6 +177,7 @@ class Engine:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "queued.max.messages.kbytes": 16384,
+            "fetch.queue.backoff.ms": 10,
         }
         # Admin clients only log when polled: the loop polls them now and then.
         self._admins = (self._clients.admin(common), self._clients.admin(common))
