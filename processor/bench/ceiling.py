@@ -15,6 +15,14 @@ pass-throughs read copies of it: the same records, written again as often as
 start instead leaves the consumer waiting out fetch.wait.max.ms at each end.)
 A pass-through stops reading its sources after `ceiling_s`, lets what it read
 through, and is measured up to there: slow settings do not make the run long.
+
+The engine's settings but one: librdkafka postpones the fetches of a partition
+whose fetch queue is full by fetch.queue.backoff.ms, 1 s by default. The
+engine's bounded queue (queued.max.messages.kbytes) fills at once in a bare loop,
+which then mostly waits out that second: the ceiling would measure the wait, not
+Kafka. So the pass-throughs postpone by FETCH_QUEUE_BACKOFF_MS only. (Without
+the bounds instead, the sources flood a 64 MB queue and the second hop starves.)
+The settings used go in the result.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from processor.runtime.offsets import end_offsets, start_offsets
 from processor.topology import Topics
 
 COMMIT_INTERVAL_S = 0.1  # the engine's default
+FETCH_QUEUE_BACKOFF_MS = 10
 
 
 @dataclass
@@ -46,7 +55,16 @@ class Ceiling:
     events_per_s: float
     transactions: int
     output_records: int  # sink records seen by a read_committed consumer
+    consumer: dict[str, object] = field(default_factory=dict)  # its settings
+    producer: dict[str, object] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)  # (s, records into the sink)
+
+
+def client_settings(session: Session) -> tuple[dict[str, object], dict[str, object]]:
+    """(consumer, producer) settings of the pass-throughs: the engine's, but for the
+    fetch queue's backoff (see the module's docstring)."""
+    consumer = {**session.settings["group"], "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
+    return consumer, dict(session.settings["producer"])
 
 
 def copy_backlog(session: Session, topics: Topics) -> tuple[list[str], int]:
@@ -101,7 +119,8 @@ class PassThrough:
 
     def __init__(
         self,
-        settings: Mapping[str, Mapping[str, object]],
+        consumer: Mapping[str, object],
+        producer: Mapping[str, object],
         sources: Sequence[str],
         intermediates: Mapping[str, str],  # source -> intermediate; empty: one hop
         sink: str,
@@ -109,8 +128,8 @@ class PassThrough:
         partitions: int,
         max_s: float,
     ) -> None:
-        self._consumer = Consumer({**settings["group"], "group.id": name})
-        self._producer = Producer({**settings["producer"], "transactional.id": name})
+        self._consumer = Consumer({**consumer, "group.id": name})
+        self._producer = Producer({**producer, "transactional.id": name})
         self._sources = list(sources)
         self._next = dict(intermediates)  # where a record of each topic goes
         self._sink = sink
@@ -214,7 +233,8 @@ def ceiling(session: Session, sources: list[str], copies: int, hops: int) -> Cei
     }
     counter = Counter()
     tail = Tail(cfg.bootstrap_servers, [sink], counter)
-    passthrough = PassThrough(session.settings, sources, intermediates, sink,
+    consumer, producer = client_settings(session)
+    passthrough = PassThrough(consumer, producer, sources, intermediates, sink,
                               session.group(name), cfg.input_partitions, cfg.ceiling_s)  # fmt: skip
 
     def finished() -> float | None:
@@ -248,5 +268,7 @@ def ceiling(session: Session, sources: list[str], copies: int, hops: int) -> Cei
         events_per_s=round(passthrough.delivered / elapsed, 1),
         transactions=passthrough.transactions,
         output_records=counter.count,
+        consumer={k: v for k, v in consumer.items() if k != "bootstrap.servers"},
+        producer={k: v for k, v in producer.items() if k != "bootstrap.servers"},
         samples=samples,
     )

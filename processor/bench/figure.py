@@ -54,16 +54,16 @@ def figure(results: dict[str, Any], path: Path) -> None:
 def _throughput(ax: Any, results: dict[str, Any]) -> None:
     ours, ceiling = results["throughput"], results["ceiling"]
     runs = (
-        (f"processor, done ({ours['events_per_s']:,.0f}/s)", ours, 1, "tab:blue", "-"),
-        ("processor, routed", ours, 2, "tab:blue", ":"),
+        (f"processor, done ({ours['events_per_s']:,.0f}/s)", ours, 1, "tab:blue", "-", 2.0),
+        ("processor, routed", ours, 2, "tab:blue", ":", 1.5),
         (f"ceiling, two hops ({ceiling['two_hops']['events_per_s']:,.0f}/s)",
-         ceiling["two_hops"], 1, "tab:red", "-"),
+         ceiling["two_hops"], 1, "tab:red", "-", 0.8),
         (f"ceiling, one hop ({ceiling['one_hop']['events_per_s']:,.0f}/s)",
-         ceiling["one_hop"], 1, "tab:orange", "-"),
+         ceiling["one_hop"], 1, "tab:orange", "-", 0.8),
     )  # fmt: skip
-    for label, run, column, color, style in runs:
+    for label, run, column, color, style, width in runs:
         times, rates = _rates(run["samples"], column)
-        ax.step(times, rates, style, where="pre", color=color, label=label)
+        ax.step(times, rates, style, where="pre", color=color, label=label, linewidth=width)
     ax.set(
         title=f"Throughput over time (per {RATE_WINDOW_S:g} s)",
         xlabel="seconds since ready / assigned",
@@ -86,6 +86,7 @@ def _progress(ax: Any, results: dict[str, Any]) -> None:
                label=f"longest stall {stall:.1f} s")  # fmt: skip
     parked = ax.twinx()
     parked.plot(times, [max(s[3], 0) for s in samples], color="tab:gray", alpha=0.6, lw=0.8)
+    parked.set_ylim(0, max(10, ours["parked_peak"] * 1.1))
     parked.set_ylabel(f"parked records (peak {ours['parked_peak']:,})", color="tab:gray")
     ax.set(
         title=f"Input events of {ours['bundles']:,} bundles ({ours['events']:,} events; "
@@ -171,9 +172,9 @@ def _catch_up(ax: Any, results: dict[str, Any]) -> None:
     ax.set_xticks(range(4), names, fontsize=9)
     ax.bar_label(bars, fmt="{:,.0f}")
     ax.set(
-        title=f"Into RocksDB vs a raw read ({restore['records']:,} states, "
-        f"{index['records']:,} initializations)\nratios: restore {restore['ratio']:.2f}, "
-        f"index {index['ratio']:.2f}",
+        title=f"Into RocksDB vs a raw read of the same topic\n({restore['records']:,} states: "
+        f"ratio {restore['ratio']:.2f}; {index['records']:,} initializations: "
+        f"{index['ratio']:.2f})",
         ylabel="records/s",
     )
 
