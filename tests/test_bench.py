@@ -76,7 +76,7 @@ def test_bench_writes_every_figure_and_a_png(kafka_bootstrap: str, tmp_path: Pat
     assert recovery["bundles"] == 160  # 40/s for 2 + 2 s
     assert recovery["outputs"] == recovery["expected_outputs"] > recovery["bundles"]
     assert recovery["duplicates"] == recovery["missing"] == 0
-    assert 0 < recovery["ready_s"] and 0 < recovery["flowing_s"]
+    assert recovery["ready_s"] > 0 and recovery["flowing_s"] > 0
     assert sum(n for _, n in recovery["timeline"]) == recovery["outputs"]
 
     rss = results["rss"]

@@ -34,6 +34,7 @@ def figure(results: dict[str, Any], path: Path) -> None:
         ) from exc
     matplotlib.use("Agg")  # files only: no display on a server
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import StrMethodFormatter
 
     fig, axes = plt.subplots(3, 3, figsize=(20, 15))
     _throughput(axes[0][0], results)
@@ -43,6 +44,8 @@ def figure(results: dict[str, Any], path: Path) -> None:
     _recovery(axes[1][1], results)
     _catch_up(axes[1][2], results)
     _memory(axes[2][0], results)
+    for ax in (axes[0][1], axes[0][2], axes[1][2]):
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     axes[2][2].remove()
     _text(axes[2][1], results)
     fig.tight_layout()

@@ -57,7 +57,8 @@ def measure_rss(session: Session, topics: Topics, bundles: int) -> Rss:
         session.state_dir / f"rss{bundles}",
         cfg.log_dir / f"processor-rss{bundles}.log",
     )
-    task = session.progress.add_task(f"RSS: processor restoring {bundles:,}", total=bundles or 1)
+    what = f"RSS: processor with {bundles:,} bundles, restoring"
+    task = session.progress.add_task(what, total=bundles or 1)
     run.start()
     try:
         while True:
@@ -66,7 +67,9 @@ def measure_rss(session: Session, topics: Topics, bundles: int) -> Rss:
             if readiness is not None and readiness["ready"]:
                 break
             restored = int(run.metrics().get("vip_bundle_restored", 0))
-            session.progress.update(task, completed=restored)
+            lag = readiness["global_tables"]["lag"] if readiness else "?"
+            description = f"{what} (index lag {lag})"
+            session.progress.update(task, completed=restored, description=description)
             if time.monotonic() - run.started_at > cfg.timeout_s:
                 raise BenchError(f"processor not ready after {cfg.timeout_s:.0f}s: {readiness}")
             time.sleep(0.1)
