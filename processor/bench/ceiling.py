@@ -78,7 +78,8 @@ def copy_backlog(session: Session, topics: Topics) -> tuple[list[str], int]:
     backlog = sum(ends[tp] - lows[tp] for tp in partitions)
     copies = max(1, -(-cfg.ceiling_records // max(backlog, 1)))
     task = session.progress.add_task(f"ceilings: {copies} copies of the backlog", total=copies + 1)
-    reader = Consumer({**session.settings["reader"], "group.id": session.group("ceiling-copy")})
+    group = f"{session.app}-ceiling-copy"  # never committed
+    reader = Consumer({**session.settings["reader"], "group.id": group})
     reader.assign([TopicPartition(t, p, lows[(t, p)]) for t, p in partitions])
     records = []
     deadline = time.monotonic() + cfg.timeout_s
