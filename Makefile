@@ -65,7 +65,7 @@ run: install kafka-fetch  ## the demo: local broker + processor + simulated serv
 	  $(REGISTRY_ARGS) $(RUN_ARGS)
 	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then echo "The broker keeps running: make kafka-down stops it."; fi
 
-bench: install kafka-fetch  ## throughput, ceiling, latency, restore, RSS -> .local/bench/ (BENCH_ARGS=--help)
+bench: install kafka-fetch  ## throughput, ceilings, latency, recovery, RSS, restore -> .local/bench/ (BENCH_ARGS=--help)
 	$(PY) -m processor.bench $(BENCH_ARGS)
 
 clean: kafka-down registry-down  ## stop the brokers and registry, remove local data (keeps caches)

@@ -22,10 +22,14 @@ def test_bench_writes_every_figure_and_a_png(kafka_bootstrap: str, tmp_path: Pat
         [
             "--bootstrap-servers", kafka_bootstrap,
             "--bundles", "50",
+            "--ceiling-records", "1000",
             "--latency-samples", "20",
             "--latency-rate", "40",
-            "--rss-bundles", "200", "500",
-            "--partitions", "2",  # restore waits out a poll timeout per partition
+            "--recovery-rate", "40",
+            "--recovery-before", "2",
+            "--recovery-after", "2",
+            "--rss-bundles", "500",
+            "--partitions", "2",
             "--input-partitions", "1",
             "--output", str(results_path),
             "--figure", str(figure_path),
@@ -41,38 +45,58 @@ def test_bench_writes_every_figure_and_a_png(kafka_bootstrap: str, tmp_path: Pat
     for key in ("cpu", "cores", "ram_gib", "python", "confluent_kafka", "librdkafka", "kafka"):
         assert machine[key], key
 
-    ours, ceiling = results["throughput"], results["ceiling"]
-    assert ours["events"] == ceiling["events"] > 50  # the same records, ~6 per bundle
-    for run in (ours, ceiling):
-        assert run["bundles"] == 50
-        assert run["events_per_s"] > 0 and run["bundles_per_s"] > 0 and run["elapsed_s"] > 0
-        assert run["samples"][-1][1] == run["events"]
-        assert run["transactions"] > 0
-    assert ceiling["output_records"] == ceiling["events"]
+    ours = results["throughput"]
+    assert ours["bundles"] == 50 and ours["events"] > 50  # about 5.5 events a bundle
+    assert ours["events_per_s"] > 0 and ours["bundles_per_s"] > 0 and ours["elapsed_s"] > 0
+    assert ours["samples"][-1][1] == ours["events"]  # every event done by the last sample
+    assert ours["samples"][-1][2] == ours["events"]  # ... and routed
+    assert ours["transactions"] > 0
     assert ours["output_records"] > ours["bundles"]  # at least a finalization each
-    assert results["ratio"] == pytest.approx(
-        ours["events_per_s"] / ceiling["events_per_s"], rel=1e-3
-    )
-    assert results["ratio"] > 0
+    assert 0 <= ours["longest_stall_s"] <= ours["elapsed_s"]
+    assert ours["longest_idle_s"] <= ours["longest_stall_s"]  # idle: a stall routing too
+
+    for hops, key in ((1, "one_hop"), (2, "two_hops")):
+        run = results["ceiling"][key]
+        assert run["hops"] == hops
+        assert run["copies"] == -(-1000 // ours["events"])  # copies of the same records
+        if not run["cut_short"]:
+            assert run["events"] == run["copies"] * ours["events"]
+        assert run["output_records"] == run["events"] > 0  # all through, exactly once
+        assert run["transactions"] > 0
+        assert results["ratio"][key] == pytest.approx(
+            ours["events_per_s"] / run["events_per_s"], rel=1e-3
+        )
 
     latency = results["latency"]
     assert latency["samples"] == len(latency["values_ms"]) == 20
     assert 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert latency["refunds"] >= 20  # at least one ticket per failed bundle
 
-    restore = results["restore"]
-    assert restore["records"] == restore["raw_records"] > 0
-    assert restore["restore_records_per_s"] > 0 and restore["raw_records_per_s"] > 0
-    assert restore["ratio"] > 0
+    recovery = results["recovery"]
+    assert recovery["bundles"] == 160  # 40/s for 2 + 2 s
+    assert recovery["outputs"] == recovery["expected_outputs"] > recovery["bundles"]
+    assert recovery["duplicates"] == recovery["missing"] == 0
+    assert recovery["ready_s"] > 0 and recovery["flowing_s"] > 0
+    assert sum(n for _, n in recovery["timeline"]) == recovery["outputs"]
 
     rss = results["rss"]
-    assert [r["bundles"] for r in rss] == [0, 200, 500]  # with the empty baseline
+    assert [r["bundles"] for r in rss] == [0, 500]  # with the empty baseline
     for row in rss:
         assert row["restored"] == row["bundles"]
+        assert row["index_records"] == row["bundles"]
         assert row["peak_rss_mib"] >= row["rss_mib"] > 0
+        assert row["ready_s"] > 0
+
+    for key in ("restore", "index"):  # over the largest state
+        run = results[key]
+        assert run["records"] == run["raw_records"] == 500
+        assert run["records_per_s"] > 0 and run["raw_records_per_s"] > 0 and run["ratio"] > 0
 
     assert figure_path.read_bytes().startswith(PNG_SIGNATURE)
 
-    # The run's private topics are gone.
-    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=30).topics
+    # The run's private topics and groups are gone.
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topics = admin.list_topics(timeout=30).topics
     assert not [t for t in topics if results["application_id"] in t]
+    groups = admin.list_consumer_groups(request_timeout=30).result().valid
+    assert not [g.group_id for g in groups if results["application_id"] in g.group_id]

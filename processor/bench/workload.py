@@ -1,16 +1,21 @@
-"""What the bench feeds the processor: complete bundle histories and realistic states."""
+"""What the bench feeds the processor: complete bundle histories and realistic states.
+
+Every domain value the bench builds is built in `Stories` (its `_header`,
+`bundle` and `state`): the one place to adapt when the messages change.
+"""
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from confluent_kafka import Producer
 
+from processor.bench.kafka import produce
 from processor.codec import Codec
 from processor.domain.messages import (
     BookingFailedV1,
@@ -28,7 +33,6 @@ from processor.domain.saga import Apply, decide
 from processor.topology import Topics
 
 Outcome = Literal["success", "flight-failed", "booking-failed"]
-Headers = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,20 @@ class Stories:
     def _header(self) -> MessageHeader:
         return MessageHeader(self._uuid(), datetime.now(UTC), self._uuid())
 
+    def _initialized(self, tickets: int) -> VipBundleInitializedV1:
+        self._n += 1
+        bundle, booking, show, flight = (self._uuid() for _ in range(4))
+        return VipBundleInitializedV1(
+            self._header(),
+            bundle,
+            booking,
+            f"customer{self._n}@example.com",
+            tickets,
+            show,
+            tuple(f"Passenger {i}" for i in range(tickets)),
+            flight,
+        )
+
     def bundle(self, outcome: Outcome | None = None) -> Bundle:
         rng = self._rng
         if outcome is None:
@@ -84,26 +102,15 @@ class Stories:
                 if draw < self.booking_failure_rate + self.flight_failure_rate
                 else "success"
             )
-        self._n += 1
         tickets = rng.randint(1, self.max_tickets)
-        bundle, booking, show, flight = (self._uuid() for _ in range(4))
-        email = f"customer{self._n}@example.com"
-        events: list[Event] = [
-            VipBundleInitializedV1(
-                self._header(),
-                bundle,
-                booking,
-                email,
-                tickets,
-                show,
-                tuple(f"Passenger {i}" for i in range(tickets)),
-                flight,
-            )
-        ]
+        init = self._initialized(tickets)
+        bundle, booking, email = init.vip_bundle_id, init.booking_id, init.customer_email
+        flight = init.inbound_flight_id
+        events: list[Event] = [init]
         if outcome == "booking-failed":
             events.append(BookingFailedV1(self._header(), booking, "sold out"))
         else:
-            events.append(BookingMadeV1(self._header(), tickets, booking, email, show))
+            events.append(BookingMadeV1(self._header(), tickets, booking, email, init.show_id))
             events += [
                 TicketBookingConfirmedV1(
                     self._header(), self._uuid(), email, Money("120.00", "EUR"), booking
@@ -119,31 +126,19 @@ class Stories:
 
     def state(self) -> tuple[VipBundleInitializedV1, VipBundle]:
         """A bundle's initialization and a state the saga could hold for it: a third
-        waiting for its flight, a third finalized booked, a third finalized failed.
-        (Built directly, not through a history: 100k of them must be quick.)"""
+        waiting for its flight, a third finalized booked, a third finalized failed."""
         rng = self._rng
-        self._n += 1
         tickets = rng.randint(1, self.max_tickets)
-        bundle, booking, show, flight = (self._uuid() for _ in range(4))
-        init = VipBundleInitializedV1(
-            self._header(),
-            bundle,
-            booking,
-            f"customer{self._n}@example.com",
-            tickets,
-            show,
-            tuple(f"Passenger {i}" for i in range(tickets)),
-            flight,
-        )
+        init = self._initialized(tickets)
         kind = rng.randrange(3)
         state = VipBundle(
-            vip_bundle_id=bundle,
-            booking_id=booking,
+            vip_bundle_id=init.vip_bundle_id,
+            booking_id=init.booking_id,
             customer_email=init.customer_email,
             number_of_tickets=tickets,
-            show_id=show,
+            show_id=init.show_id,
             passengers=init.passengers,
-            inbound_flight_id=flight,
+            inbound_flight_id=init.inbound_flight_id,
             booking_made_at=init.header.published_at + timedelta(minutes=1),
             ticket_ids=tuple(sorted(self._uuid() for _ in range(tickets))),
             inbound_flight_ticket_ids=(
@@ -172,8 +167,8 @@ def produce_histories(
     base_ms: int,
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
-    """Produces every event of `bundles` to its input topic with timestamps in causal
-    order (the manage stage orders a task's records by timestamp); returns the count."""
+    """A backlog: every event of `bundles` to its input topic, with timestamps in
+    causal order (tasks take records in timestamp order); returns the count."""
     sent = 0
     for i, bundle in enumerate(bundles):
         for step, event in enumerate(bundle.events):
@@ -192,17 +187,17 @@ def produce_histories(
     return sent
 
 
-def produce(
-    producer: Producer,
-    topic: str,
-    value: bytes | None,
-    key: bytes | None,
-    timestamp: int = 0,
-    headers: Headers = None,
+def feed_causally(
+    producer: Producer, codec: Codec, topics: Topics, events: Sequence[Event]
 ) -> None:
-    while True:
-        try:
-            producer.produce(topic, value, key, headers=headers, timestamp=timestamp)
-            return
-        except BufferError:  # local queue full: let deliveries drain
-            producer.poll(0.05)
+    """Produces `events` live, as services would: the initializations are stored
+    before any event that refers to them is sent (else the route stage may find a
+    booking event's bundle unknown, rightly, and skip it)."""
+    first = [e for e in events if isinstance(e, VipBundleInitializedV1)]
+    rest = [e for e in events if not isinstance(e, VipBundleInitializedV1)]
+    for batch in (first, rest):
+        for event in batch:
+            topic, key = topics.input(event.schema_name), key_of(event).encode()
+            produce(producer, topic, codec.encode(event), key)
+        if producer.flush(30):
+            raise RuntimeError("events not delivered within 30 s")

@@ -1,0 +1,116 @@
+"""Reading a topic into RocksDB, against a raw read of the same topic: the
+changelog restore (the engine's Restorer into fresh partition stores) and the
+booking index catch-up (its GlobalTables from scratch), each alone, in-process,
+with the engine's reader settings and one shared memory budget."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer
+
+from processor.bench.config import BenchError
+from processor.bench.kafka import raw_read
+from processor.bench.session import Session
+from processor.routing import INDEX, index_entries
+from processor.runtime.global_table import GlobalTable, GlobalTables
+from processor.runtime.restore import Restorer
+from processor.runtime.store import PartitionStore, StateMemory
+
+
+@dataclass
+class CatchUp:
+    topic: str
+    partitions: int
+    records: int
+    seconds: float
+    records_per_s: float
+    raw_records: int
+    raw_read_s: float
+    raw_records_per_s: float
+    ratio: float  # rate into RocksDB / raw read rate
+
+    @classmethod
+    def of(cls, topic: str, partitions: int, records: int, seconds: float, raw: tuple[int, float]):
+        raw_records, raw_s = raw
+        if records != raw_records:
+            raise BenchError(f"{topic}: read {records} records into RocksDB, raw {raw_records}")
+        rate, raw_rate = records / seconds, raw_records / raw_s
+        return cls(
+            topic=topic,
+            partitions=partitions,
+            records=records,
+            seconds=round(seconds, 3),
+            records_per_s=round(rate, 1),
+            raw_records=raw_records,
+            raw_read_s=round(raw_s, 3),
+            raw_records_per_s=round(raw_rate, 1),
+            ratio=round(rate / raw_rate, 3),
+        )
+
+
+def _reader(session: Session, name: str) -> Consumer:
+    group = f"{session.app}-{name}-{uuid.uuid4().hex[:6]}"  # never committed
+    return Consumer({**session.settings["reader"], "group.id": group})
+
+
+def restore(session: Session, changelog: str) -> CatchUp:
+    """Every partition of `changelog` restored together into fresh stores, a slice per
+    step, as the engine's loop drives it."""
+    cfg = session.config
+    task = session.progress.add_task("changelog: raw read, then restore", total=2)
+    raw = raw_read(
+        cfg.bootstrap_servers, session.admin, changelog, session.settings["reader"], cfg.timeout_s
+    )
+    session.progress.update(task, completed=1)
+    partitions = session.admin.list_topics(changelog, timeout=30).topics[changelog].partitions
+    restorer = Restorer(_reader(session, "restore"), session.admin, changelog)
+    memory = StateMemory()
+    root = session.state_dir / "restored"
+    stores = {p: PartitionStore(root / str(p), memory) for p in partitions}
+    try:
+        started = time.monotonic()
+        restorer.add(stores)
+        while restorer.active:
+            if time.monotonic() - started > cfg.timeout_s:
+                raise BenchError(f"restore of {changelog}: {restorer.restored} records, stalled")
+            restorer.step(timeout=0.01)
+        seconds = time.monotonic() - started
+    finally:
+        for store in stores.values():
+            store.close()
+        restorer.close()
+    session.progress.update(task, completed=2)
+    return CatchUp.of(changelog, len(stores), restorer.restored, seconds, raw)
+
+
+def index(session: Session, topic: str) -> CatchUp:
+    """The booking index built from scratch from `topic` (the initializations), read
+    a slice per step until it reached the topic's end, as the engine's loop does."""
+    cfg = session.config
+    task = session.progress.add_task("booking index: raw read, then catch-up", total=2)
+    raw = raw_read(cfg.bootstrap_servers, session.admin, topic, session.settings["reader"],
+                   cfg.timeout_s)  # fmt: skip
+    session.progress.update(task, completed=1)
+    table = GlobalTable(
+        topic,
+        session.state_dir / "index" / INDEX,
+        index_entries(session.codec),
+        _reader(session, "index"),
+        StateMemory(),
+    )
+    tables = GlobalTables([table], session.admin)
+    try:
+        started = time.monotonic()
+        tables.start()
+        while not tables.ready:
+            if time.monotonic() - started > cfg.timeout_s:
+                raise BenchError(f"booking index from {topic}: {table.records} records, stalled")
+            tables.step()
+        seconds = time.monotonic() - started
+    finally:
+        tables.close()
+    session.progress.update(task, completed=2)
+    return CatchUp.of(topic, len(table.positions), table.records, seconds, raw)
