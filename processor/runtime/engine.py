@@ -176,7 +176,10 @@ class Engine:
             "auto.offset.reset": "earliest",  # a stored offset below retention
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "queued.max.messages.kbytes": 16384,
+            # Restores and the index catch-up read fast from a bounded buffer: a fetch
+            # response may otherwise be 50 MB (fetch.max.bytes), on top of the queue.
+            "queued.max.messages.kbytes": 8192,
+            "fetch.max.bytes": 8 * MiB,
             "fetch.queue.backoff.ms": 10,
         }
         # Admin clients only log when polled: the loop polls them now and then.

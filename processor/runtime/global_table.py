@@ -20,7 +20,7 @@ from rocksdict import WriteBatch
 
 from processor.runtime.clients import Admin, Consumer
 from processor.runtime.offsets import end_offsets
-from processor.runtime.store import StateMemory, open_rocksdb
+from processor.runtime.store import NO_WAL, StateMemory, open_rocksdb
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class GlobalTable:
             raise
         for p, offset in positions.items():
             batch.put(str(p).encode(), str(offset).encode(), self._meta_handle)
-        self._db.write(batch)
+        self._db.write(batch, NO_WAL)  # see store.py: consistent on disk, the topic is the copy
         self.positions = positions
         self.records += read
         return read

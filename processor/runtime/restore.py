@@ -81,7 +81,12 @@ class Restorer:
         return done
 
     def remove(self, partitions: Iterable[int]) -> None:
-        gone = [p for p in partitions if self.active.pop(p, None) is not None]
+        gone = []
+        for p in partitions:
+            restoring = self.active.pop(p, None)
+            if restoring is not None:
+                restoring.store.persist()  # before any write with the WAL
+                gone.append(p)
         if gone:
             self._consumer.incremental_unassign([TopicPartition(self.topic, p) for p in gone])
 
@@ -92,6 +97,7 @@ class Restorer:
             return []
         batches: dict[int, WriteBatch] = {}
         counts: dict[int, int] = {}
+        last, batch, count = -1, None, 0  # records come in runs of one partition
         for msg in self._consumer.consume(max_records, timeout=timeout):
             error = msg.error()
             if error is not None:
@@ -101,18 +107,25 @@ class Restorer:
                     log.warning("restoring %s: %s", self.topic, error)
                 continue
             partition = msg.partition()
-            batch = batches.get(partition)
-            if batch is None:
-                if partition not in self.active:
-                    continue  # removed while fetched
-                batch = batches[partition] = WriteBatch(raw_mode=True)
-                counts[partition] = 0
+            if partition != last:
+                if batch is not None:
+                    counts[last] = counts.get(last, 0) + count
+                last, count = partition, 0
+                batch = batches.get(partition)
+                if batch is None:
+                    if partition not in self.active:
+                        batch = None
+                        last = -1
+                        continue  # removed while fetched
+                    batch = batches[partition] = WriteBatch(raw_mode=True)
             value = msg.value()
             if value is None:
                 batch.delete(msg.key())
             else:
                 batch.put(msg.key(), value)
-            counts[partition] += 1
+            count += 1
+        if batch is not None:
+            counts[last] = counts.get(last, 0) + count
         # Transaction markers leave gaps: the consumer's position says where it is.
         positions = self._consumer.position([TopicPartition(self.topic, p) for p in self.active])
         finished: list[Restoring] = []
@@ -121,7 +134,8 @@ class Restorer:
             batch = batches.get(tp.partition)
             position = max(restoring.position, tp.offset)
             if batch is not None or position != restoring.position:
-                restoring.store.write_batch(batch or WriteBatch(raw_mode=True), position)
+                # No WAL while restoring (twice as fast); persisted when done (`remove`).
+                restoring.store.write_batch(batch or WriteBatch(raw_mode=True), position, wal=False)
             restoring.position = position
             restoring.restored += counts.get(tp.partition, 0)
             if position >= restoring.end:
