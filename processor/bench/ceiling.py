@@ -16,13 +16,11 @@ start instead leaves the consumer waiting out fetch.wait.max.ms at each end.)
 A pass-through stops reading its sources after `ceiling_s`, lets what it read
 through, and is measured up to there: slow settings do not make the run long.
 
-The engine's settings but one: librdkafka postpones the fetches of a partition
-whose fetch queue is full by fetch.queue.backoff.ms, 1 s by default. The
-engine's bounded queue (queued.max.messages.kbytes) fills at once in a bare loop,
-which then mostly waits out that second: the ceiling would measure the wait, not
-Kafka. So the pass-throughs postpone by FETCH_QUEUE_BACKOFF_MS only. (Without
-the bounds instead, the sources flood a 64 MB queue and the second hop starves.)
-The settings used go in the result.
+The engine's consumer settings, which include a bounded fetch queue
+(queued.max.messages.kbytes) and a short fetch.queue.backoff.ms: librdkafka
+postpones the fetches of a full queue by that backoff, 1 s by default, and a
+bare loop fills its queue at once. (Without the bounds, the sources flood a 64 MB
+queue and the second hop starves.) The settings used go in the result.
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ from processor.runtime.offsets import end_offsets, start_offsets
 from processor.topology import Topics
 
 COMMIT_INTERVAL_S = 0.1  # the engine's default
-FETCH_QUEUE_BACKOFF_MS = 10
 
 
 @dataclass
@@ -61,9 +58,8 @@ class Ceiling:
 
 
 def client_settings(session: Session) -> tuple[dict[str, object], dict[str, object]]:
-    """(consumer, producer) settings of the pass-throughs: the engine's, but for the
-    fetch queue's backoff (see the module's docstring)."""
-    consumer = {**session.settings["group"], "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
+    """(consumer, producer) settings of the pass-throughs: the engine's."""
+    consumer = dict(session.settings["group"])
     return consumer, dict(session.settings["producer"])
 
 

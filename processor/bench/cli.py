@@ -49,8 +49,7 @@ Benchmark the VIP bundle processor on one Kafka broker, every figure from one ru
      the services key them; sampled every --sample-every: the longest stretch
      without progress while a backlog remains, transactions, parked and retried;
   2. the ceilings: transactional consume -> produce pass-throughs of the same
-     records with the engine's client settings (but a 10 ms fetch-queue backoff,
-     see processor/bench/ceiling.py) and 100 ms commits, one hop
+     records with the engine's client settings and 100 ms commits, one hop
      (inputs -> sink) and two hops (inputs -> intermediate topics -> sink, the
      topology's shape), over copies of those records (--ceiling-records); and the
      ratios ours / ceiling;
