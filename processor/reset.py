@@ -93,10 +93,19 @@ def commit(admin: AdminClient, group: str, offsets: Offsets) -> None:
         return
     partitions = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
     request = [ConsumerGroupTopicPartitions(group, partitions)]
-    result = admin.alter_consumer_group_offsets(request, request_timeout=30)[group].result()
-    for tp in result.topic_partitions or []:
-        if tp.error is not None:
-            raise KafkaException(tp.error)
+    deadline = time.monotonic() + 30
+    while True:
+        result = admin.alter_consumer_group_offsets(request, request_timeout=30)[group].result()
+        errors = [tp.error for tp in result.topic_partitions or [] if tp.error is not None]
+        if not errors:
+            return
+        # A topic created a moment ago may not be known to the group coordinator yet.
+        transient = all(
+            e.retriable() or e.code() == KafkaError.UNKNOWN_TOPIC_OR_PART for e in errors
+        )
+        if time.monotonic() > deadline or not transient:
+            raise KafkaException(errors[0])
+        time.sleep(0.2)
 
 
 def forget_offsets(admin: AdminClient, group: str, topics: set[str], wait_s: float = 10.0) -> bool:
