@@ -97,14 +97,16 @@ class Restorer:
             return []
         batches: dict[int, WriteBatch] = {}
         counts: dict[int, int] = {}
-        last, batch, count = -1, None, 0  # records come in runs of one partition
+        last, batch, put, count = -1, None, None, 0  # records come in runs of one partition
         for msg in self._consumer.consume(max_records, timeout=timeout):
-            error = msg.error()
-            if error is not None:
-                if error.fatal():
-                    raise KafkaException(error)
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("restoring %s: %s", self.topic, error)
+            key = msg.key()
+            if key is None:  # changelog records have keys: an error event, or junk
+                error = msg.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaException(error)
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("restoring %s: %s", self.topic, error)
                 continue
             partition = msg.partition()
             if partition != last:
@@ -112,17 +114,16 @@ class Restorer:
                     counts[last] = counts.get(last, 0) + count
                 last, count = partition, 0
                 batch = batches.get(partition)
-                if batch is None:
-                    if partition not in self.active:
-                        batch = None
-                        last = -1
-                        continue  # removed while fetched
+                if batch is None and partition in self.active:
                     batch = batches[partition] = WriteBatch(raw_mode=True)
+                put = None if batch is None else batch.put
+            if put is None:
+                continue  # removed while fetched
             value = msg.value()
             if value is None:
-                batch.delete(msg.key())
+                batch.delete(key)  # type: ignore[union-attr]
             else:
-                batch.put(msg.key(), value)
+                put(key, value)
             count += 1
         if batch is not None:
             counts[last] = counts.get(last, 0) + count
