@@ -26,6 +26,11 @@ class CommitStuck(Exception):
     """The commit neither succeeded nor failed in time."""
 
 
+class RecordTooLarge(Exception):
+    """The producer refused a record for its size before sending it: the transaction
+    is fine, the record is not."""
+
+
 class TransactionFailed(Exception):
     """A record of the transaction was refused (too large, topic gone...): the
     transaction can only be aborted, and its work redone."""
@@ -91,6 +96,8 @@ class Checkpoint:
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)
             except KafkaException as exc:
+                if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise RecordTooLarge(f"{len(value or b'')} bytes for {topic}") from exc
                 # An earlier record of this transaction was refused: it can only abort.
                 # Keep going until the commit says so, rather than stop halfway.
                 self._failed.append(exc.args[0])

@@ -17,7 +17,7 @@ from enum import Enum
 
 from confluent_kafka import TopicPartition
 
-from processor.runtime.checkpoint import Checkpoint
+from processor.runtime.checkpoint import Checkpoint, RecordTooLarge
 from processor.runtime.clock import Clock
 from processor.runtime.dlq import NotReadyTooLong, dead_letter
 from processor.runtime.global_table import GlobalTables
@@ -57,7 +57,18 @@ def _dead_letter(out: Checkpoint, dlq: str, record: Record, error: Exception, st
         error,
     )
     letter = dead_letter(dlq, record, error)
-    out.send(letter.topic, letter.key, letter.value, letter.headers, record.timestamp()[1])
+    timestamp = record.timestamp()[1]
+    try:
+        out.send(letter.topic, letter.key, letter.value, letter.headers, timestamp)
+    except RecordTooLarge:
+        # The value and our headers together are over the producer's limit: the letter
+        # goes without the value, saying how long it was (topic/partition/offset find it).
+        size = [("__streams.errors.value.omitted", str(len(letter.value or b"")).encode())]
+        headers = [
+            (k, v[:1024] if k == "__streams.errors.stacktrace" else v)
+            for k, v in letter.headers or []
+        ]
+        out.send(letter.topic, letter.key, None, [*headers, *size], timestamp)
     stats.dead_lettered += 1
 
 
@@ -121,9 +132,12 @@ class RouteTask:
             outcome = route(record)
             if isinstance(outcome, Forward):
                 timestamp = record.timestamp()[1]
-                for r in outcome.records:
-                    send(r.topic, r.key, r.value, r.headers, timestamp)
-                stats.forwarded += 1
+                try:
+                    for r in outcome.records:
+                        send(r.topic, r.key, r.value, r.headers, timestamp)
+                    stats.forwarded += 1
+                except RecordTooLarge as exc:  # its headers took it over the limit
+                    _dead_letter(out, self._dlq, record, BadInput(f"too large: {exc}"), stats)
             elif isinstance(outcome, Unknown):
                 if self._ticket is None:
                     self._ticket = self._tables.ticket()

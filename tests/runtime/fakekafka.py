@@ -108,6 +108,7 @@ class FakeCluster:
         self.epochs: dict[str, int] = {}
         self.clock_ms = 1_800_000_000_000
         self.fail_next_commit: KafkaError | None = None
+        self.max_message_bytes = 1_000_000
         self.commits = 0
         self._round_robin = itertools.count()
 
@@ -411,6 +412,9 @@ class FakeProducer:
     ) -> None:
         self._check_fenced()
         assert self.in_transaction, "produce outside a transaction"
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers or [])
+        if size > self.cluster.max_message_bytes:  # librdkafka's message.max.bytes
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"))
         if partition < 0:
             partition = self.cluster.partition_for(topic, key)
         self.cluster.clock_ms += 1

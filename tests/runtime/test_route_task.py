@@ -100,3 +100,26 @@ def test_a_record_the_table_never_learns_is_counted_and_passed_after_catching_up
     assert dict(dead.headers() or [])["__streams.errors.exception"] == b"BadInput"
     assert cluster.committed_offset("router", IN, 1) == (3, "")
     assert e.ready.is_set()
+
+
+def test_a_record_too_large_to_forward_or_dead_letter_whole_goes_to_the_dlq_without_its_value(
+    tmp_path: Path,
+) -> None:
+    cluster = FakeCluster()
+    e = engine(cluster, tmp_path)
+    cluster.max_message_bytes = 4000
+    big = b"b" * 3998  # with its key, over the producer's limit
+    cluster.produce(NAMES, big + b"=here")
+    cluster.produce(IN, big, partition=2)
+    cluster.produce(IN, b"", partition=2)  # bad input, a small dead letter
+    cluster.produce(NAMES, b"ok=there")
+    cluster.produce(IN, b"ok", partition=2)
+    for _ in range(5):
+        e.turn()
+    dead = cluster.committed_records(DLQ)
+    assert len(dead) == 2
+    headers = dict(dead[0].headers() or [])
+    assert dead[0].value() is None
+    assert headers["__streams.errors.value.omitted"] == str(len(big)).encode()
+    assert b"too large" in headers["__streams.errors.message"]
+    assert outputs(cluster) == [(b"there", b"ok")]  # and it went on
