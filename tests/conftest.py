@@ -13,6 +13,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processor import localregistry
+from processor.localkafka.cluster import LocalCluster, get_cluster
 from processor.localkafka.container import BrokerChoice, choose_broker
 from processor.localregistry import ensure_registry
 
@@ -38,6 +39,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for choice in _CHOSEN:
         terminalreporter.write_sep("-", "Kafka broker of the integration tests")
         terminalreporter.write_line(choice.summary)
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """The local three-node cluster (processor.localkafka.cluster), for tests of faults that
+    move coordinators. Started unless it runs, and stopped at the end only then; a cluster
+    someone else started is left running, whole again."""
+    local = get_cluster()
+    already = bool(local.running())
+    local.up()
+    try:
+        yield local
+    finally:
+        if already:
+            local.up()
+        else:
+            local.down()
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
-"""The local three-node cluster: unit tests (no broker), then one real cluster for the module.
+"""The local three-node cluster: unit tests (no broker), then the real cluster.
 
-The integration tests start the cluster unless it runs (and stop it at the end only then), stop
-the node that coordinates a transactional producer and a consumer group, and check that both go
-on (replication factor 3, min.insync.replicas 2) and that the coordinators named by the cluster
+The integration tests (on the session's `local_cluster`, see conftest.py) stop the node that
+coordinates a transactional producer and a consumer group, and check that both go on
+(replication factor 3, min.insync.replicas 2) and that the coordinators named by the cluster
 API are the ones the clients really use.
 """
 
@@ -120,21 +120,6 @@ class _Lines(logging.Handler):
 
     def coordinators(self) -> list[int]:
         return [int(m.group(1)) for line in self.lines if (m := _COORDINATOR_LINE.search(line))]
-
-
-@pytest.fixture(scope="module")
-def local_cluster() -> Iterator[LocalCluster]:
-    local = cluster.get_cluster()
-    already = bool(local.running())
-    local.up()
-    try:
-        yield local
-    finally:
-        # Leave it as found: a cluster someone started stays up (whole again), ours stops.
-        if already:
-            local.up()
-        else:
-            local.down()
 
 
 def _metadata_with(admin: AdminClient, *names: str, timeout: float = 30.0) -> ClusterMetadata:
