@@ -86,6 +86,10 @@ HEAP = "512m"
 # all three on 2 busy cores), and test loads never need C2's peak speed.
 JVM_FLAGS = ("-XX:TieredStopAtLevel=1",)
 START_TIMEOUT_S = 120.0
+# A port taken by a transient socket (see LocalCluster._start): how long to wait for it,
+# and how often to start a node that lost it during start-up.
+PORT_WAIT_S = 20.0
+BIND_ATTEMPTS = 3
 
 TRANSACTION_TOPIC = "__transaction_state"
 OFFSETS_TOPIC = "__consumer_offsets"
@@ -297,30 +301,54 @@ class LocalCluster:
     def _start(
         self, nodes: list[Node], wait: Callable[[list[subprocess.Popen[bytes]]], None]
     ) -> None:
-        """Spawn `nodes`, then `wait` for them; if that fails, stop them again."""
+        """Spawn `nodes`, then `wait` for them; if that fails, stop them again.
+
+        A node that lost its port while starting is started again: while a node is down,
+        clients keep reconnecting to it, and when its port lies in the ephemeral range
+        (32768-60999 on Linux) one of those connects can be given that very port as its
+        own source port and connect to itself (a TCP self-connect), holding it until the
+        client notices. That is transient, so the port is waited for and the start retried.
+        """
+        libs = localkafka.fetch()
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            self._wait_ports_free(nodes, PORT_WAIT_S)
+            for node in nodes:
+                node.files.home.mkdir(parents=True, exist_ok=True)
+                properties = render_properties(self.settings(node.node_id))
+                node.files.server_properties.write_text(properties)
+            format_storage([node.files for node in nodes], libs, cluster_id(self._cluster_id_file))
+            procs = [spawn(node.files, libs, HEAP, JVM_FLAGS) for node in nodes]
+            try:
+                wait(procs)
+                return
+            except BaseException as exc:
+                # Also on Ctrl-C: never leave a half-started node behind.
+                retry = (
+                    isinstance(exc, LocalKafkaError)
+                    and attempt < BIND_ATTEMPTS
+                    and any(_lost_port(node) for node in nodes)
+                )
+                for node, proc in zip(nodes, procs, strict=True):
+                    if not retry:
+                        report_logs(node.files)
+                    terminate(proc.pid, STOP_TIMEOUT_S)
+                    node.files.pid_file.unlink(missing_ok=True)
+                if not retry:
+                    raise
+                say(f"a node lost its port to another socket while starting; again ({exc})")
+
+    def _wait_ports_free(self, nodes: list[Node], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         for node in nodes:
             for number in (node.broker_port, node.controller_port):
-                if not port_free(number):
-                    raise LocalKafkaError(
-                        f"port {number} on {HOST} (cluster node {node.node_id}) is already in use "
-                        f"by another process; pick another base port with "
-                        f"{CLUSTER_PORT_ENV}=<port> (nodes use base..base+{2 * SIZE - 1})"
-                    )
-        libs = localkafka.fetch()
-        for node in nodes:
-            node.files.home.mkdir(parents=True, exist_ok=True)
-            node.files.server_properties.write_text(render_properties(self.settings(node.node_id)))
-        format_storage([node.files for node in nodes], libs, cluster_id(self._cluster_id_file))
-        procs = [spawn(node.files, libs, HEAP, JVM_FLAGS) for node in nodes]
-        try:
-            wait(procs)
-        except BaseException:
-            # Also on Ctrl-C: never leave a half-started node behind.
-            for node, proc in zip(nodes, procs, strict=True):
-                report_logs(node.files)
-                terminate(proc.pid, STOP_TIMEOUT_S)
-                node.files.pid_file.unlink(missing_ok=True)
-            raise
+                while not port_free(number):
+                    if time.monotonic() > deadline:
+                        raise LocalKafkaError(
+                            f"port {number} on {HOST} (cluster node {node.node_id}) is in use by "
+                            f"another process; pick another base port with "
+                            f"{CLUSTER_PORT_ENV}=<port> (nodes use base..base+{2 * SIZE - 1})"
+                        )
+                    time.sleep(0.2)
 
     def _wait_up(self, deadline: float) -> None:
         """Every node serves metadata and transactions, both internal topics exist with all
@@ -428,6 +456,15 @@ class LocalCluster:
                     last = f"{topic}[{partition}] has no leader"
             time.sleep(0.5)
         raise LocalKafkaError(f"no coordinator for {key!r} in {timeout:.0f} s: {last}")
+
+
+def _lost_port(node: Node) -> bool:
+    """Did the node's JVM fail to bind its port (its stdout has the exception)?"""
+    try:
+        out = (node.files.logs / "stdout.log").read_text(errors="replace")
+    except OSError:
+        return False
+    return "BindException: Address already in use" in out
 
 
 def get_cluster() -> LocalCluster:

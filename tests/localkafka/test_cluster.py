@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, 
 
 from processor.localkafka import LocalKafkaError, cluster
 from processor.localkafka.cluster import LocalCluster, coordinator_partition, java_string_hash
+from processor.localkafka.jvm import alive
 
 # ------------------------------------------------------------------ no broker needed
 
@@ -354,3 +357,44 @@ def test_the_cli_names_the_same_coordinators(local_cluster: LocalCluster) -> Non
         f"transactional id {transactional_id}: "
         f"node {local_cluster.transaction_coordinator(transactional_id)}",
     ]
+
+
+@pytest.mark.integration
+def test_a_node_whose_port_is_taken_while_it_starts_is_started_again(
+    local_cluster: LocalCluster,
+) -> None:
+    # Found by the chaos run: restarting a stopped coordinator failed with "cluster node 1
+    # exited during start-up" (BindException), then "port ... is already in use". With the
+    # ports in the ephemeral range, a client reconnecting to the stopped node had been given
+    # the node's port as its source port and connected to itself. Here a socket takes the
+    # port as soon as the node's JVM is spawned, and keeps it until that JVM gave up.
+    local = local_cluster
+    victim = 2
+    node = local.node(victim)
+    assert local.stop_node(victim) is True
+    held = threading.Event()
+
+    def take_port() -> None:
+        deadline = time.monotonic() + 60
+        while not node.files.pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = int(node.files.pid_file.read_text())
+        with socket.socket() as sock:
+            # Like the JVM, past the old node's connections in TIME_WAIT; listening, so the
+            # JVM cannot share the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", node.broker_port))  # before the JVM gets there
+            sock.listen()
+            held.set()
+            while alive(first) and time.monotonic() < deadline:  # until that JVM gave up
+                time.sleep(0.1)
+            time.sleep(1.0)
+
+    thief = threading.Thread(target=take_port)
+    thief.start()
+    try:
+        assert local.start_node(victim) is True
+    finally:
+        thief.join()
+    assert held.is_set()
+    local.wait_healthy(30)
