@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -254,6 +255,8 @@ class LocalCluster:
             for node, pid in pids.items():
                 terminate(pid, timeout)
                 node.files.pid_file.unlink(missing_ok=True)
+            for node in self.nodes:
+                _release_ports(node)
             return bool(pids)
 
     def stop_node(
@@ -269,6 +272,7 @@ class LocalCluster:
                 return False
             terminate(pid, timeout, kill=kill)
             node.files.pid_file.unlink(missing_ok=True)
+            _hold_ports(node)
             return True
 
     def start_node(
@@ -308,9 +312,13 @@ class LocalCluster:
         (32768-60999 on Linux) one of those connects can be given that very port as its
         own source port and connect to itself (a TCP self-connect), holding it until the
         client notices. That is transient, so the port is waited for and the start retried.
+        (While it is down, `stop_node` keeps its ports bound in this process; see
+        `_hold_ports`: what is left is the few seconds the JVM takes to bind.)
         """
         libs = localkafka.fetch()
         for attempt in range(1, BIND_ATTEMPTS + 1):
+            for node in nodes:
+                _release_ports(node)
             self._wait_ports_free(nodes, PORT_WAIT_S)
             for node in nodes:
                 node.files.home.mkdir(parents=True, exist_ok=True)
@@ -456,6 +464,33 @@ class LocalCluster:
                     last = f"{topic}[{partition}] has no leader"
             time.sleep(0.5)
         raise LocalKafkaError(f"no coordinator for {key!r} in {timeout:.0f} s: {last}")
+
+
+# Ports of nodes this process stopped, bound (never listening) until it starts them again.
+_HELD: dict[int, list[socket.socket]] = {}  # by the node's broker port
+
+
+def _hold_ports(node: Node) -> None:
+    """Keeps a stopped node's ports bound, so that no client's reconnect gets one of them as
+    its source port (Linux never picks a port some socket bound for an outgoing connection);
+    clients still find nothing listening and are refused, as with any stopped broker."""
+    _release_ports(node)
+    held = []
+    for number in (node.broker_port, node.controller_port):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        try:
+            sock.bind((HOST, number))
+        except OSError:  # taken already: the start will wait for it
+            sock.close()
+            continue
+        held.append(sock)
+    _HELD[node.broker_port] = held
+
+
+def _release_ports(node: Node) -> None:
+    for sock in _HELD.pop(node.broker_port, []):
+        sock.close()
 
 
 def _lost_port(node: Node) -> bool:

@@ -327,6 +327,14 @@ def test_a_killed_node_is_reported_and_rejoins(local_cluster: LocalCluster) -> N
     assert local.stop_node(victim, kill=True) is True
     assert local.pid(victim) is None
     assert victim in local.health().down
+    # Refused like any stopped broker, and its ports kept bound by this process meanwhile, so
+    # that no client reconnecting to it is given one as its own source port (_hold_ports; the
+    # kernel's choice of source port cannot be steered here, so the binding itself is checked).
+    node = local.node(victim)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", node.broker_port), timeout=5).close()
+    held = {sock.getsockname()[1] for sock in cluster._HELD[node.broker_port]}
+    assert held == {node.broker_port, node.controller_port}
     assert local.stop_node(victim) is False  # idempotent
 
     assert local.start_node(victim) is True
