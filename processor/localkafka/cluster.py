@@ -89,7 +89,7 @@ JVM_FLAGS = ("-XX:TieredStopAtLevel=1",)
 START_TIMEOUT_S = 120.0
 # A port taken by a transient socket (see LocalCluster._start): how long to wait for it,
 # and how often to start a node that lost it during start-up.
-PORT_WAIT_S = 20.0
+PORT_WAIT_S = 30.0
 BIND_ATTEMPTS = 3
 
 TRANSACTION_TOPIC = "__transaction_state"
@@ -234,6 +234,14 @@ class LocalCluster:
                 started = time.monotonic()
                 names = ", ".join(node.address for node in stopped)
                 say(f"starting {len(stopped)} of {SIZE} cluster nodes on {names} (in {self.home})")
+                if ephemeral := _ephemeral_overlap(self.base_port, self.base_port + 2 * SIZE - 1):
+                    say(
+                        f"ports {self.base_port}-{self.base_port + 2 * SIZE - 1} lie in the "
+                        f"ephemeral port range {ephemeral}: a node stopped and started again "
+                        f"may find its port taken by a client connected to itself for a while "
+                        f"(see LocalCluster._start); a base below it, e.g. the default "
+                        f"{DEFAULT_BASE_PORT}, avoids that"
+                    )
                 self._start(stopped, lambda _procs: self._wait_up(deadline))
                 say(f"cluster ready in {time.monotonic() - started:.1f} s ({self.bootstrap})")
             else:
@@ -491,6 +499,15 @@ def _hold_ports(node: Node) -> None:
 def _release_ports(node: Node) -> None:
     for sock in _HELD.pop(node.broker_port, []):
         sock.close()
+
+
+def _ephemeral_overlap(low: int, high: int) -> str | None:
+    """The kernel's ephemeral port range ("32768-60999") if [low, high] overlaps it."""
+    try:
+        first, last = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return f"{first}-{last}" if low <= last and high >= first else None
 
 
 def _lost_port(node: Node) -> bool:
