@@ -49,6 +49,7 @@ from processor.domain.messages import (
 )
 from processor.topology import Topics
 
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)  # published_at of fuzzed events: same seed, same bytes
 FUZZ_HEADER = "chaos.fuzz"  # "<seq>:<kind>" on every fuzzed record; the DLQ keeps it
 SKIPPED = "unknown-bundle"
 NEAR_MAX = "near-max-size"
@@ -227,7 +228,7 @@ class Generator:
     def _event(self, name: str) -> Event:
         """A valid event of `name` that names no bundle, booking or flight of the world."""
         rng, u = self._rng, self._uuid
-        header = MessageHeader(u(), datetime.now(UTC) - timedelta(seconds=1), u())
+        header = MessageHeader(u(), _EPOCH + timedelta(seconds=self._seq), u())
         match name:
             case "VipBundleInitialized_v1":
                 tickets = rng.randint(1, 4)
