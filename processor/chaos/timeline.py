@@ -75,7 +75,7 @@ class Conductor:
         self._app = application_id
         self._outputs = output_partitions
         self._admin = admin
-        self._rng = random.Random(seed)
+        self._rng = random.Random(f"faults/{seed}")  # its own stream (see fuzz.Generator)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.desired: set[str] = set()  # should be running
