@@ -31,6 +31,7 @@ class Kill:
     output_ends: dict[TP, int] = field(default_factory=dict)  # taken just after
     ends_taken_at: float | None = None
     restarted_at: float | None = None
+    ready_at: float | None = None  # the restarted instance's /readyz said ready
     recovery_s: float | None = None  # filled in at the end
 
 
@@ -86,7 +87,16 @@ class Percentiles:
 
 
 def percentiles(kills: list[Kill]) -> Percentiles:
-    values = sorted(k.recovery_s for k in kills if k.recovery_s is not None)
+    return _percentiles([k.recovery_s for k in kills])
+
+
+def ready_percentiles(kills: list[Kill]) -> Percentiles:
+    """From the SIGKILL until the restarted instance was ready again."""
+    return _percentiles([k.ready_at - k.at if k.ready_at else None for k in kills])
+
+
+def _percentiles(seconds: list[float | None]) -> Percentiles:
+    values = sorted(s for s in seconds if s is not None)
     if not values:
         return Percentiles(0, None, None)
     return Percentiles(len(values), statistics.median(values), values[-1])

@@ -22,7 +22,14 @@ from rich.table import Table
 
 from processor.admin import TopicSpec, create_topics, ensure_internal_topics
 from processor.chaos.fuzz import NEAR_MAX, Fuzzer, Generator, fuzz_producer
-from processor.chaos.recovery import Kill, Outputs, Percentiles, percentiles, recover
+from processor.chaos.recovery import (
+    Kill,
+    Outputs,
+    Percentiles,
+    percentiles,
+    ready_percentiles,
+    recover,
+)
 from processor.chaos.supervisor import Exit, Supervisor, run_command
 from processor.chaos.timeline import Conductor, Schedule
 from processor.chaos.verdict import DeadLetters, check_dead_letters, check_outputs, read_all
@@ -39,7 +46,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ChaosConfig:
     bootstrap_servers: str | None = None  # None: the local three-node cluster
-    bundles: int = 400
+    bundles: int = 300
     traffic_s: float = 60.0  # bundles start evenly over this window
     drain_s: float = 90.0  # after it, the longest to wait for every bundle to finish
     fuzz: int = 1000
@@ -335,7 +342,18 @@ def _figures(
             for m in conductor.moves
         ],
         "recovery_s": asdict(recovery),
-        "recovery_per_kill_s": [k.recovery_s for k in conductor.kills],
+        "ready_after_kill_s": asdict(ready_percentiles(conductor.kills)),
+        "kills_detail": [
+            {
+                "instance": k.instance,
+                "at_s": k.at - conductor.started_at,
+                "partitions": list(k.partitions),
+                "restarted_after_s": k.restarted_at - k.at if k.restarted_at else None,
+                "ready_after_s": k.ready_at - k.at if k.ready_at else None,
+                "outputs_again_after_s": k.recovery_s,
+            }
+            for k in conductor.kills
+        ],
         "elapsed_s": elapsed,
         "final_read_s": read_s,
         "seed": config.seed,
@@ -371,6 +389,13 @@ def report(result: ChaosResult, console: Console) -> None:
             "",
             f"node {move['node']} -> {move['moved_to']} in {move['moved_after_s'] or 0:.1f}s, "
             f"down {move['down_s']:.0f}s",
+        )
+    ready = f["ready_after_kill_s"]
+    if ready["count"]:
+        table.add_row(
+            "SIGKILL -> restarted instance ready (p50 / max)",
+            "",
+            f"{ready['p50']:.2f}s / {ready['max']:.2f}s",
         )
     rec = f["recovery_s"]
     if rec["count"]:

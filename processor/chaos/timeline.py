@@ -216,7 +216,13 @@ class Conductor:
                 self._supervisor.start(victim)
                 kill.restarted_at = time.monotonic()
                 self.restarts += 1
+                threading.Thread(target=self._await_ready, args=(kill,), daemon=True).start()
         log.info("restarted %s", victim)
+
+    def _await_ready(self, kill: Kill) -> None:
+        """When the restarted instance said it was ready (restored, tables caught up)."""
+        if self._supervisor.wait_ready(kill.instance, timeout=120):
+            kill.ready_at = time.monotonic()
 
     def _take_ends(self, kill: Kill) -> None:
         kill.output_ends = self._output_ends()
