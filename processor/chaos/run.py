@@ -224,6 +224,9 @@ def run_chaos(config: ChaosConfig, console: Console, progress_console: Console) 
         config, sim_result, fuzzer, conductor, supervisor, dead, recovery, len(outputs),
         len(letters), elapsed, read_s,
     )  # fmt: skip
+    figures["coordinator_moves_planned"] = (
+        _planned_moves(config.schedule) if cluster is not None else 0
+    )
     result = ChaosResult(
         app,
         bootstrap,
@@ -383,6 +386,8 @@ def report(result: ChaosResult, console: Console) -> None:
     table.add_row("SIGKILLs / restarts", "", f"{f['kills']} / {f['restarts']}")
     table.add_row("graceful stops (scale 3 -> 1)", "", str(f["graceful_stops"]))
     table.add_row("instances that exited on their own", "0", str(f["unexpected_exits"]))
+    if not f["coordinator_moves_planned"]:
+        table.add_row("coordinator moves", "", "none (not asked for, or not the local cluster)")
     for move in f["coordinator_moves"]:
         table.add_row(
             f"{move['role']} coordinator stopped ({move['signal']})",
