@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install lint test run bench kafka-fetch kafka-up kafka-down kafka-status \
+.PHONY: help install lint test run bench chaos kafka-fetch kafka-up kafka-down kafka-status \
 	registry-fetch registry-up registry-down registry-status clean
 
 help:  ## list the targets
@@ -68,5 +68,14 @@ run: install kafka-fetch  ## the demo: local broker + processor + simulated serv
 bench: install kafka-fetch  ## throughput, ceilings, latency, recovery, RSS, restore -> .local/bench/ (BENCH_ARGS=--help)
 	$(PY) -m processor.bench $(BENCH_ARGS)
 
+# `make chaos SIZE=long` is the README's long run; CHAOS_ARGS overrides any preset value,
+# e.g. CHAOS_ARGS="--bundles 5000 --duration 5m --seed 7" (`processor chaos --help`).
+SIZE ?= ci
+CHAOS_ARGS ?=
+
+chaos: install kafka-fetch  ## faults, scaling and fuzzed input on the three-node cluster, checked (SIZE=ci|long)
+	$(PY) -m processor chaos --size $(SIZE) $(CHAOS_ARGS)
+
 clean: kafka-down registry-down  ## stop the brokers and registry, remove local data (keeps caches)
-	rm -rf .local/kafka/data .local/kafka/logs .local/kafka-cluster .local/registry/logs .local/registry/tmp
+	rm -rf .local/kafka/data .local/kafka/logs .local/kafka-cluster .local/registry/logs .local/registry/tmp \
+	  .local/chaos

@@ -92,9 +92,17 @@ def ensure_internal_topics(admin: AdminClient, topics: Topics, partitions: int) 
     return partitions
 
 
-def check_copartitioned(admin: AdminClient, names: list[str]) -> None:
-    counts = partition_counts(admin, names)
-    missing = [n for n in names if n not in counts]
+def check_copartitioned(admin: AdminClient, names: list[str], wait_s: float = 30.0) -> None:
+    """Called once `names` exist: a missing one is one the broker that answered has not
+    learnt of yet (a new topic reaches each broker's metadata a moment after its creation,
+    and each request may go to another broker), so it is waited for, up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        counts = partition_counts(admin, names)
+        missing = [n for n in names if n not in counts]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     if missing:
         raise TopologyError(f"missing topics: {', '.join(missing)}")
     if len(set(counts.values())) > 1:

@@ -1,4 +1,4 @@
-"""Command line: `processor run | topics create | simulate | demo`."""
+"""Command line: `processor run | topics create | reset | simulate | demo | schemas | chaos`."""
 
 from __future__ import annotations
 
@@ -407,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     _simulation_args(demo)
     demo.set_defaults(func=cmd_demo)
     _schemas_command(commands)
+    # Imported here: processor.chaos uses this module's parsers once it is loaded.
+    from processor.chaos.cli import add_chaos_command
+
+    add_chaos_command(commands)
     return parser
 
 
@@ -519,6 +523,7 @@ def _simulation_args(parser: argparse.ArgumentParser) -> None:
             "share of a failing bundle's confirmations sent after the flight failure",
         ),
         ("ordinary-booking-rate", knobs.ordinary_booking_rate, "non-VIP bookings per bundle"),
+        ("null-key-rate", knobs.null_key_rate, "share of events sent with a null key"),
     ]:
         group.add_argument(f"--{name}", type=float, default=default, help=f"{what} ({default})")
     group.add_argument("--max-tickets", type=int, default=knobs.max_tickets)
@@ -548,6 +553,7 @@ def _simulation_config(args: argparse.Namespace) -> SimulationConfig:
             duplicate_rate=args.duplicate_rate,
             late_confirmation_rate=args.late_confirmation_rate,
             ordinary_booking_rate=args.ordinary_booking_rate,
+            null_key_rate=args.null_key_rate,
             max_tickets=args.max_tickets,
             max_delay_s=args.max_delay,
         ),

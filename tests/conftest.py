@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processor import localregistry
+from processor.localkafka.cluster import LocalCluster, get_cluster
 from processor.localkafka.container import BrokerChoice, choose_broker
 from processor.localregistry import ensure_registry
 from tests.harness import TopicLeakWarning, clean_up_deployments, delete_topics
@@ -48,6 +49,23 @@ def _delete_deployment_topics() -> Iterator[None]:
     pass or fail; a failed deletion is a TopicLeakWarning, never a test error."""
     yield
     clean_up_deployments()
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """The local three-node cluster (processor.localkafka.cluster), for tests of faults that
+    move coordinators. Started unless it runs, and stopped at the end only then; a cluster
+    someone else started is left running, whole again."""
+    local = get_cluster()
+    already = bool(local.running())
+    local.up()
+    try:
+        yield local
+    finally:
+        if already:
+            local.up()
+        else:
+            local.down()
 
 
 @pytest.fixture(scope="session")

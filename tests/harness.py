@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 
 from processor.admin import TopicSpec, create_topics, ensure_internal_topics
 from processor.app import build_engine
+from processor.chaos.partitions import murmur2, partition_of  # noqa: F401 (tests import them here)
 from processor.codec import Codec
 from processor.domain.messages import Event, bundle_id_of
 from processor.domain.saga import Apply, decide
@@ -42,35 +43,6 @@ from processor.topology import Topics
 codec = Codec()
 # Short enough that a killed member leaves the group quickly; the broker's minimum.
 FAST_GROUP = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's Java murmur2 (Utils.murmur2), to predict where a key lands."""
-    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
-    length = len(data)
-    h = (0x9747B28C ^ length) & mask
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & mask
-        k ^= k >> r
-        k = (k * m) & mask
-        h = ((h * m) & mask) ^ k
-    tail = data[length - length % 4 :]
-    if len(tail) == 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h ^= tail[0]
-        h = (h * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def partition_of(key: str, partitions: int) -> int:
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -86,6 +87,10 @@ HEAP = "512m"
 # all three on 2 busy cores), and test loads never need C2's peak speed.
 JVM_FLAGS = ("-XX:TieredStopAtLevel=1",)
 START_TIMEOUT_S = 120.0
+# A port taken by a transient socket (see LocalCluster._start): how long to wait for it,
+# and how often to start a node that lost it during start-up.
+PORT_WAIT_S = 30.0
+BIND_ATTEMPTS = 3
 
 TRANSACTION_TOPIC = "__transaction_state"
 OFFSETS_TOPIC = "__consumer_offsets"
@@ -229,6 +234,14 @@ class LocalCluster:
                 started = time.monotonic()
                 names = ", ".join(node.address for node in stopped)
                 say(f"starting {len(stopped)} of {SIZE} cluster nodes on {names} (in {self.home})")
+                if ephemeral := _ephemeral_overlap(self.base_port, self.base_port + 2 * SIZE - 1):
+                    say(
+                        f"ports {self.base_port}-{self.base_port + 2 * SIZE - 1} lie in the "
+                        f"ephemeral port range {ephemeral}: a node stopped and started again "
+                        f"may find its port taken by a client connected to itself for a while "
+                        f"(see LocalCluster._start); a base below it, e.g. the default "
+                        f"{DEFAULT_BASE_PORT}, avoids that"
+                    )
                 self._start(stopped, lambda _procs: self._wait_up(deadline))
                 say(f"cluster ready in {time.monotonic() - started:.1f} s ({self.bootstrap})")
             else:
@@ -250,6 +263,8 @@ class LocalCluster:
             for node, pid in pids.items():
                 terminate(pid, timeout)
                 node.files.pid_file.unlink(missing_ok=True)
+            for node in self.nodes:
+                _release_ports(node)
             return bool(pids)
 
     def stop_node(
@@ -265,6 +280,7 @@ class LocalCluster:
                 return False
             terminate(pid, timeout, kill=kill)
             node.files.pid_file.unlink(missing_ok=True)
+            _hold_ports(node)
             return True
 
     def start_node(
@@ -297,30 +313,58 @@ class LocalCluster:
     def _start(
         self, nodes: list[Node], wait: Callable[[list[subprocess.Popen[bytes]]], None]
     ) -> None:
-        """Spawn `nodes`, then `wait` for them; if that fails, stop them again."""
+        """Spawn `nodes`, then `wait` for them; if that fails, stop them again.
+
+        A node that lost its port while starting is started again: while a node is down,
+        clients keep reconnecting to it, and when its port lies in the ephemeral range
+        (32768-60999 on Linux) one of those connects can be given that very port as its
+        own source port and connect to itself (a TCP self-connect), holding it until the
+        client notices. That is transient, so the port is waited for and the start retried.
+        (While it is down, `stop_node` keeps its ports bound in this process; see
+        `_hold_ports`: what is left is the few seconds the JVM takes to bind.)
+        """
+        libs = localkafka.fetch()
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            for node in nodes:
+                _release_ports(node)
+            self._wait_ports_free(nodes, PORT_WAIT_S)
+            for node in nodes:
+                node.files.home.mkdir(parents=True, exist_ok=True)
+                properties = render_properties(self.settings(node.node_id))
+                node.files.server_properties.write_text(properties)
+            format_storage([node.files for node in nodes], libs, cluster_id(self._cluster_id_file))
+            procs = [spawn(node.files, libs, HEAP, JVM_FLAGS) for node in nodes]
+            try:
+                wait(procs)
+                return
+            except BaseException as exc:
+                # Also on Ctrl-C: never leave a half-started node behind.
+                retry = (
+                    isinstance(exc, LocalKafkaError)
+                    and attempt < BIND_ATTEMPTS
+                    and any(_lost_port(node) for node in nodes)
+                )
+                for node, proc in zip(nodes, procs, strict=True):
+                    if not retry:
+                        report_logs(node.files)
+                    terminate(proc.pid, STOP_TIMEOUT_S)
+                    node.files.pid_file.unlink(missing_ok=True)
+                if not retry:
+                    raise
+                say(f"a node lost its port to another socket while starting; again ({exc})")
+
+    def _wait_ports_free(self, nodes: list[Node], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         for node in nodes:
             for number in (node.broker_port, node.controller_port):
-                if not port_free(number):
-                    raise LocalKafkaError(
-                        f"port {number} on {HOST} (cluster node {node.node_id}) is already in use "
-                        f"by another process; pick another base port with "
-                        f"{CLUSTER_PORT_ENV}=<port> (nodes use base..base+{2 * SIZE - 1})"
-                    )
-        libs = localkafka.fetch()
-        for node in nodes:
-            node.files.home.mkdir(parents=True, exist_ok=True)
-            node.files.server_properties.write_text(render_properties(self.settings(node.node_id)))
-        format_storage([node.files for node in nodes], libs, cluster_id(self._cluster_id_file))
-        procs = [spawn(node.files, libs, HEAP, JVM_FLAGS) for node in nodes]
-        try:
-            wait(procs)
-        except BaseException:
-            # Also on Ctrl-C: never leave a half-started node behind.
-            for node, proc in zip(nodes, procs, strict=True):
-                report_logs(node.files)
-                terminate(proc.pid, STOP_TIMEOUT_S)
-                node.files.pid_file.unlink(missing_ok=True)
-            raise
+                while not port_free(number):
+                    if time.monotonic() > deadline:
+                        raise LocalKafkaError(
+                            f"port {number} on {HOST} (cluster node {node.node_id}) is in use by "
+                            f"another process; pick another base port with "
+                            f"{CLUSTER_PORT_ENV}=<port> (nodes use base..base+{2 * SIZE - 1})"
+                        )
+                    time.sleep(0.2)
 
     def _wait_up(self, deadline: float) -> None:
         """Every node serves metadata and transactions, both internal topics exist with all
@@ -428,6 +472,51 @@ class LocalCluster:
                     last = f"{topic}[{partition}] has no leader"
             time.sleep(0.5)
         raise LocalKafkaError(f"no coordinator for {key!r} in {timeout:.0f} s: {last}")
+
+
+# Ports of nodes this process stopped, bound (never listening) until it starts them again.
+_HELD: dict[int, list[socket.socket]] = {}  # by the node's broker port
+
+
+def _hold_ports(node: Node) -> None:
+    """Keeps a stopped node's ports bound, so that no client's reconnect gets one of them as
+    its source port (Linux never picks a port some socket bound for an outgoing connection);
+    clients still find nothing listening and are refused, as with any stopped broker."""
+    _release_ports(node)
+    held = []
+    for number in (node.broker_port, node.controller_port):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        try:
+            sock.bind((HOST, number))
+        except OSError:  # taken already: the start will wait for it
+            sock.close()
+            continue
+        held.append(sock)
+    _HELD[node.broker_port] = held
+
+
+def _release_ports(node: Node) -> None:
+    for sock in _HELD.pop(node.broker_port, []):
+        sock.close()
+
+
+def _ephemeral_overlap(low: int, high: int) -> str | None:
+    """The kernel's ephemeral port range ("32768-60999") if [low, high] overlaps it."""
+    try:
+        first, last = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return f"{first}-{last}" if low <= last and high >= first else None
+
+
+def _lost_port(node: Node) -> bool:
+    """Did the node's JVM fail to bind its port (its stdout has the exception)?"""
+    try:
+        out = (node.files.logs / "stdout.log").read_text(errors="replace")
+    except OSError:
+        return False
+    return "BindException: Address already in use" in out
 
 
 def get_cluster() -> LocalCluster:

@@ -19,7 +19,9 @@ from processor.simulation.services import Plan
 class Observed:
     finals: dict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))
     refunds: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    commands: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (message name, idempotency key) -> records: commands and events alike
+    outputs: Counter[tuple[str, str]] = field(default_factory=Counter)
+    per_bundle: Counter[tuple[str, str]] = field(default_factory=Counter)  # (bundle, name)
     bundles: Counter[str] = field(default_factory=Counter)  # records per vip_bundle_id header
     records: int = 0
 
@@ -31,8 +33,9 @@ class Observed:
             self.finals[message.vip_bundle_id].append(message.success)
         elif isinstance(message, RefundTicket):
             self.refunds[bundle_id].append(message.ticket_id)
-        if isinstance(message, BookShowTickets | BookFlight | RefundTicket):
-            self.commands[(message.schema_name, message.header.idempotency_key)] += 1
+        if isinstance(message, BookShowTickets | BookFlight | RefundTicket | VipBundleFinalizedV1):
+            self.outputs[(message.schema_name, message.header.idempotency_key)] += 1
+            self.per_bundle[(bundle_id, message.schema_name)] += 1
 
 
 def complete(plans: Mapping[str, Plan], observed: Observed) -> bool:
@@ -63,13 +66,18 @@ def violations(
                 f"bundle {bundle}: refunded {sorted(refunds)}, "
                 f"expected {sorted(plan.expected_refunds)}"
             )
+        # The commands that drive the services: one show booking, one flight once booked.
+        for name, expected in (("BookShowTickets", 1), ("BookFlight", int(plan.booked))):
+            sent = observed.per_bundle[(bundle, name)]
+            if sent != expected:
+                problems.append(f"bundle {bundle}: {name} sent {sent} times, expected {expected}")
     problems += [
         f"output for ordinary booking reference {b}"
         for b in sorted(ordinary & observed.bundles.keys())
     ]
     problems += [
         f"{name} with idempotency key {key} published {count} times"
-        for (name, key), count in sorted(observed.commands.items())
+        for (name, key), count in sorted(observed.outputs.items())
         if count > 1
     ]
     return problems
@@ -102,9 +110,9 @@ def summary(plans: Mapping[str, Plan], observed: Observed) -> list[tuple[str, st
             str(sum(len(observed.refunds.get(b, ())) for b in plans)),
         ),
         (
-            "commands twice",
+            "outputs twice (by idempotency key)",
             "0",
-            str(sum(1 for c in observed.commands.values() if c > 1)),
+            str(sum(1 for c in observed.outputs.values() if c > 1)),
         ),
         ("outputs of other runs' bundles", "-", str(foreign)),
     ]

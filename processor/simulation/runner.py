@@ -1,15 +1,21 @@
 """Runs the simulated services against a broker: publishes events, answers the
-processor's commands, records its outputs, and checks them at the end."""
+processor's commands, records its outputs, and checks them at the end.
+
+`Simulation` is the loop one step at a time, for callers that do more between
+steps (the chaos run); `simulate` drives it alone with a progress bar.
+"""
 
 from __future__ import annotations
 
 import heapq
+import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,6 +53,7 @@ class Result:
     ordinary_bookings: int
     elapsed_s: float
     timed_out: bool
+    ordinary_references: frozenset[str] = frozenset()  # ids of no bundle: no output for them
 
     @property
     def ok(self) -> bool:
@@ -61,39 +68,114 @@ def _key(event: Event) -> str | None:
     return None
 
 
+# (consumed record, its decoded message, the record's vip_bundle_id header, when seen)
+OutputHook = Callable[[Message, object, str, float], None]
+
+
+class Simulation:
+    """The services, one step of their loop at a time."""
+
+    def __init__(self, config: SimulationConfig, on_output: OutputHook | None = None) -> None:
+        self.config = config
+        self._on_output = on_output
+        self._codec = config.codec or Codec()
+        common = {
+            "bootstrap.servers": config.bootstrap_servers,
+            **config.client_config,
+            **client_logging(),
+        }
+        self._producer = Producer({**common, "enable.idempotence": True, "linger.ms": 5})
+        self._consumer = Consumer(
+            {
+                **common,
+                "group.id": f"simulator-{uuid.uuid4().hex}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
+        # Start at today's ends: outputs of earlier runs are not this run's.
+        admin = AdminClient(common)
+        metadata = admin.list_topics(timeout=30).topics
+        outputs = config.topics.outputs
+        ends = end_offsets(admin, ((t, p) for t in outputs for p in metadata[t].partitions))
+        admin.poll(0)  # its librdkafka log lines; nothing else serves them
+        self._consumer.assign([TopicPartition(t, p, end) for (t, p), end in ends.items()])
+        self.services = Services(config.knobs, config.seed)
+        self._keys = random.Random(config.seed ^ 0x5EED)  # null keys: not the world's draws
+        self.observed = Observed()
+        self._queue: list[Scheduled] = []
+        self.sent = 0
+        self.created = 0
+        self.started = time.monotonic()
+        self._next_bundle_at = self.started
+        self._done_at: float | None = None
+        self.timed_out = False
+        self.finished = False
+
+    @property
+    def finalized(self) -> int:
+        return sum(1 for b in self.services.plans if self.observed.finals.get(b))
+
+    def step(self) -> None:
+        """Start the bundles that are due, send the events that are due, answer what the
+        processor published (waiting up to 50 ms for it)."""
+        config, now = self.config, time.monotonic()
+        while self.created < config.bundles and self._next_bundle_at <= now:
+            for item in self.services.new_bundle(now):
+                heapq.heappush(self._queue, item)
+            self.created += 1
+            self._next_bundle_at += 1 / config.rate
+        while self._queue and self._queue[0].due <= now:
+            event = heapq.heappop(self._queue).event
+            key = None if self._keys.random() < config.knobs.null_key_rate else _key(event)
+            self._producer.produce(
+                config.topics.input(event.schema_name), self._codec.encode(event), key
+            )
+            self.sent += 1
+        self._producer.poll(0)
+        for msg in self._consumer.consume(500, timeout=0.05):
+            if msg.error():
+                continue
+            message = self._codec.decode(msg.value())
+            bundle = dict(msg.headers() or []).get(BUNDLE_HEADER, b"").decode()
+            self.observed.record(message, bundle)
+            seen = time.monotonic()
+            if self._on_output is not None:
+                self._on_output(msg, message, bundle, seen)
+            for item in self.services.on_command(message, seen):
+                heapq.heappush(self._queue, item)
+        now = time.monotonic()
+        if (
+            self.created == config.bundles
+            and not self._queue
+            and complete(self.services.plans, self.observed)
+        ):
+            self._done_at = self._done_at or now
+            if now - self._done_at >= config.settle_s:
+                self.finished = True
+        if now - self.started > config.timeout_s:
+            self.timed_out = self.finished = True
+
+    def close(self) -> Result:
+        self._producer.flush(30)
+        self._consumer.close()
+        services = self.services
+        return Result(
+            plans=services.plans,
+            observed=self.observed,
+            problems=violations(services.plans, self.observed, services.ordinary_references)
+            + ([f"timed out after {self.config.timeout_s:.0f}s"] if self.timed_out else []),
+            events_sent=self.sent,
+            ordinary_bookings=services.ordinary,
+            elapsed_s=time.monotonic() - self.started,
+            timed_out=self.timed_out,
+            ordinary_references=frozenset(services.ordinary_references),
+        )
+
+
 def simulate(config: SimulationConfig, console: Console | None = None) -> Result:
     console = console or Console(stderr=True)
-    codec = config.codec or Codec()
-    common = {
-        "bootstrap.servers": config.bootstrap_servers,
-        **config.client_config,
-        **client_logging(),
-    }
-    producer = Producer({**common, "enable.idempotence": True, "linger.ms": 5})
-    consumer = Consumer(
-        {
-            **common,
-            "group.id": f"simulator-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    outputs = config.topics.outputs
-    # Start at today's ends: outputs of earlier runs are not this run's.
-    admin = AdminClient(common)
-    metadata = admin.list_topics(timeout=30).topics
-    ends = end_offsets(admin, ((t, p) for t in outputs for p in metadata[t].partitions))
-    admin.poll(0)  # its librdkafka log lines; nothing else serves them
-    consumer.assign([TopicPartition(t, p, end) for (t, p), end in ends.items()])
-
-    services = Services(config.knobs, config.seed)
-    observed = Observed()
-    queue: list[Scheduled] = []
-    sent = created = 0
-    started = time.monotonic()
-    next_bundle_at = started
-    done_at: float | None = None
-    timed_out = False
+    simulation = Simulation(config)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -104,52 +186,14 @@ def simulate(config: SimulationConfig, console: Console | None = None) -> Result
     )
     with progress:
         bar = progress.add_task("bundles finalized", total=config.bundles, detail="")
-        while True:
-            now = time.monotonic()
-            while created < config.bundles and next_bundle_at <= now:
-                for item in services.new_bundle(now):
-                    heapq.heappush(queue, item)
-                created += 1
-                next_bundle_at += 1 / config.rate
-            while queue and queue[0].due <= now:
-                event = heapq.heappop(queue).event
-                topic = config.topics.input(event.schema_name)
-                producer.produce(topic, codec.encode(event), _key(event))
-                sent += 1
-            producer.poll(0)
-            for msg in consumer.consume(500, timeout=0.05):
-                if msg.error():
-                    continue
-                message = codec.decode(msg.value())
-                bundle = dict(msg.headers() or []).get(BUNDLE_HEADER, b"").decode()
-                observed.record(message, bundle)
-                for item in services.on_command(message, time.monotonic()):
-                    heapq.heappush(queue, item)
-            finalized = sum(1 for b in services.plans if observed.finals.get(b))
+        while not simulation.finished:
+            simulation.step()
             progress.update(
                 bar,
-                completed=finalized,
-                detail=f"{sent} events sent, {observed.records} outputs",
+                completed=simulation.finalized,
+                detail=f"{simulation.sent} events sent, {simulation.observed.records} outputs",
             )
-            if created == config.bundles and not queue and complete(services.plans, observed):
-                done_at = done_at or now
-                if now - done_at >= config.settle_s:
-                    break
-            if now - started > config.timeout_s:
-                timed_out = True
-                break
-    producer.flush(30)
-    consumer.close()
-    return Result(
-        plans=services.plans,
-        observed=observed,
-        problems=violations(services.plans, observed, services.ordinary_references)
-        + ([f"timed out after {config.timeout_s:.0f}s"] if timed_out else []),
-        events_sent=sent,
-        ordinary_bookings=services.ordinary,
-        elapsed_s=time.monotonic() - started,
-        timed_out=timed_out,
-    )
+    return simulation.close()
 
 
 def report(result: Result, console: Console) -> None:

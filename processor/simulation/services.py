@@ -34,6 +34,7 @@ class Knobs:
     ordinary_booking_rate: float = 0.3  # non-VIP bookings per VIP bundle
     max_tickets: int = 4
     max_delay_s: float = 1.0
+    null_key_rate: float = 0.0  # events sent without a key: routing must not need one
 
 
 @dataclass

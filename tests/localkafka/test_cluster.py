@@ -1,8 +1,8 @@
-"""The local three-node cluster: unit tests (no broker), then one real cluster for the module.
+"""The local three-node cluster: unit tests (no broker), then the real cluster.
 
-The integration tests start the cluster unless it runs (and stop it at the end only then), stop
-the node that coordinates a transactional producer and a consumer group, and check that both go
-on (replication factor 3, min.insync.replicas 2) and that the coordinators named by the cluster
+The integration tests (on the session's `local_cluster`, see conftest.py) stop the node that
+coordinates a transactional producer and a consumer group, and check that both go on
+(replication factor 3, min.insync.replicas 2) and that the coordinators named by the cluster
 API are the ones the clients really use.
 """
 
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, 
 
 from processor.localkafka import LocalKafkaError, cluster
 from processor.localkafka.cluster import LocalCluster, coordinator_partition, java_string_hash
+from processor.localkafka.jvm import alive
 
 # ------------------------------------------------------------------ no broker needed
 
@@ -120,21 +123,6 @@ class _Lines(logging.Handler):
 
     def coordinators(self) -> list[int]:
         return [int(m.group(1)) for line in self.lines if (m := _COORDINATOR_LINE.search(line))]
-
-
-@pytest.fixture(scope="module")
-def local_cluster() -> Iterator[LocalCluster]:
-    local = cluster.get_cluster()
-    already = bool(local.running())
-    local.up()
-    try:
-        yield local
-    finally:
-        # Leave it as found: a cluster someone started stays up (whole again), ours stops.
-        if already:
-            local.up()
-        else:
-            local.down()
 
 
 def _metadata_with(admin: AdminClient, *names: str, timeout: float = 30.0) -> ClusterMetadata:
@@ -339,6 +327,14 @@ def test_a_killed_node_is_reported_and_rejoins(local_cluster: LocalCluster) -> N
     assert local.stop_node(victim, kill=True) is True
     assert local.pid(victim) is None
     assert victim in local.health().down
+    # Refused like any stopped broker, and its ports kept bound by this process meanwhile, so
+    # that no client reconnecting to it is given one as its own source port (_hold_ports; the
+    # kernel's choice of source port cannot be steered here, so the binding itself is checked).
+    node = local.node(victim)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", node.broker_port), timeout=5).close()
+    held = {sock.getsockname()[1] for sock in cluster._HELD[node.broker_port]}
+    assert held == {node.broker_port, node.controller_port}
     assert local.stop_node(victim) is False  # idempotent
 
     assert local.start_node(victim) is True
@@ -369,3 +365,44 @@ def test_the_cli_names_the_same_coordinators(local_cluster: LocalCluster) -> Non
         f"transactional id {transactional_id}: "
         f"node {local_cluster.transaction_coordinator(transactional_id)}",
     ]
+
+
+@pytest.mark.integration
+def test_a_node_whose_port_is_taken_while_it_starts_is_started_again(
+    local_cluster: LocalCluster,
+) -> None:
+    # Found by the chaos run: restarting a stopped coordinator failed with "cluster node 1
+    # exited during start-up" (BindException), then "port ... is already in use". With the
+    # ports in the ephemeral range, a client reconnecting to the stopped node had been given
+    # the node's port as its source port and connected to itself. Here a socket takes the
+    # port as soon as the node's JVM is spawned, and keeps it until that JVM gave up.
+    local = local_cluster
+    victim = 2
+    node = local.node(victim)
+    assert local.stop_node(victim) is True
+    held = threading.Event()
+
+    def take_port() -> None:
+        deadline = time.monotonic() + 60
+        while not node.files.pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = int(node.files.pid_file.read_text())
+        with socket.socket() as sock:
+            # Like the JVM, past the old node's connections in TIME_WAIT; listening, so the
+            # JVM cannot share the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", node.broker_port))  # before the JVM gets there
+            sock.listen()
+            held.set()
+            while alive(first) and time.monotonic() < deadline:  # until that JVM gave up
+                time.sleep(0.1)
+            time.sleep(1.0)
+
+    thief = threading.Thread(target=take_port)
+    thief.start()
+    try:
+        assert local.start_node(victim) is True
+    finally:
+        thief.join()
+    assert held.is_set()
+    local.wait_healthy(30)

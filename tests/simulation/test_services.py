@@ -17,6 +17,7 @@ from processor.domain.messages import (
     Message,
     TicketBookingConfirmedV1,
     VipBundle,
+    VipBundleFinalizedV1,
     VipBundleInitializedV1,
     bundle_id_of,
 )
@@ -107,9 +108,40 @@ def test_checker_names_every_kind_of_violation() -> None:
     plan = services.plans[init.vip_bundle_id]
     observed = Observed()
     assert not complete(services.plans, observed)
+    bundle = init.vip_bundle_id
     assert violations(services.plans, observed) == [
-        f"bundle {init.vip_bundle_id}: finalized 0 times",
-        f"bundle {init.vip_bundle_id}: refunded [], expected {sorted(plan.ticket_ids)}",
+        f"bundle {bundle}: finalized 0 times",
+        f"bundle {bundle}: refunded [], expected {sorted(plan.ticket_ids)}",
+        f"bundle {bundle}: BookShowTickets sent 0 times, expected 1",
+        f"bundle {bundle}: BookFlight sent 0 times, expected 1",
+    ]
+
+
+def test_checker_counts_every_output_by_idempotency_key() -> None:
+    services = Services(Knobs(booking_failure_rate=0, flight_failure_rate=0, duplicate_rate=0))
+    init = only_init(services)
+    made = next(e for e in book_show(services, init) if isinstance(e, BookingMadeV1))
+    first, second = decide(None, init), None
+    assert isinstance(first, Apply)
+    second = decide(first.state, made)
+    assert isinstance(second, Apply)
+    [book_flight] = [o.message for o in second.outputs]
+    final = VipBundleFinalizedV1(init.header, init.vip_bundle_id, True)
+    observed = Observed()
+    # A command and an event twice, as a broken replay would publish them.
+    for message in (*(o.message for o in first.outputs), book_flight, book_flight, final, final):
+        observed.record(message, init.vip_bundle_id)
+
+    found = violations(services.plans, observed)
+
+    bundle = init.vip_bundle_id
+    assert isinstance(book_flight, BookFlight)
+    assert found == [
+        f"bundle {bundle}: finalized 2 times",
+        f"bundle {bundle}: BookFlight sent 2 times, expected 1",
+        f"BookFlight with idempotency key {book_flight.header.idempotency_key} published 2 times",
+        f"VipBundleFinalized_v1 with idempotency key {init.header.idempotency_key} "
+        "published 2 times",
     ]
 
 
