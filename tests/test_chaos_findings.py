@@ -1,9 +1,6 @@
-"""Runtime bugs the chaos run found, each at the smallest size that shows it.
-
-The runtime is not this branch's to change: each test is marked xfail(strict=True) with
-the bug in its reason, so it runs and fails today without failing the suite, and turns
-into a failure (XPASS) the moment a fix lands, which is when its marker goes.
-"""
+"""Runtime bugs the chaos run found, each a regression test at the smallest size that
+shows it: a record near the broker's maximum size was a poison pill, and a broker silent
+past the transaction timeout ended the instance."""
 
 from __future__ import annotations
 
@@ -27,13 +24,6 @@ pytestmark = pytest.mark.integration
 CLIENT_MAX = 1_000_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: an input record above the producer's message.max.bytes (1,000,000, "
-    "librdkafka's default) but within the broker's (1,048,588) cannot be dead-lettered: "
-    "produce() raises MSG_SIZE_TOO_LARGE out of the route task and the instance exits; "
-    "every restart meets the record again (a poison pill)",
-)
 def test_an_undecodable_input_above_the_clients_default_size_is_dead_lettered(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -54,13 +44,6 @@ def test_an_undecodable_input_above_the_clients_default_size_is_dead_lettered(
     assert set(DLQ_HEADERS) <= letter.headers.keys()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: a transaction that fails on the producer's side (messages timed out, "
-    "'requires epoch bump'; or the coordinator aborted it past transaction.timeout.ms) ends "
-    "the process: Checkpoint.commit re-raises the failed delivery as a plain KafkaException "
-    "and the next produce() raises _STATE out of Checkpoint.send; neither aborts and rewinds",
-)
 def test_a_broker_silent_past_the_transaction_timeout_is_waited_out(
     local_cluster: LocalCluster, tmp_path: Path
 ) -> None:

@@ -210,6 +210,10 @@ class Engine:
             # Java's default partitioner: keys land where Kafka Streams would put them.
             "partitioner": "murmur2_random",
             "transaction.timeout.ms": 10_000,
+            # The broker's default max.message.bytes (1048588) less a batch's framing, not
+            # librdkafka's 1000000: a record the broker took can be dead-lettered whole.
+            # Larger ones are refused here, synchronously, not by the broker mid-transaction.
+            "message.max.bytes": 1_048_000,
         }
         self._producer = self._clients.producer(self._producer_config)
         self._abandoned: list[object] = []  # stuck in a call: kept alive, never used

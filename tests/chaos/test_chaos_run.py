@@ -15,11 +15,6 @@ from processor.localkafka.cluster import LocalCluster
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="its near-maximum-size records are poison pills until the runtime can dead-letter "
-    "them (tests/test_chaos_findings.py); without them (--near-max 0) it passes",
-)
 def test_the_ci_sized_chaos_run_passes_with_every_fault_injected(
     local_cluster: LocalCluster, tmp_path: Path
 ) -> None:
