@@ -26,14 +26,14 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
 from confluent_kafka import KafkaError, Message, Producer
 
-from processor.codec import MAGIC, Codec, CodecError
+from processor.codec import MAGIC, Codec, CodecError, to_record
 from processor.domain.messages import (
     EVENT_TYPES,
     BookingFailedV1,
@@ -258,12 +258,8 @@ class Generator:
 
 
 def _record(value: Any) -> Any:
-    """A dataclass as the plain dicts and lists fastavro writes."""
-    if is_dataclass(value):
-        return {f.name: _record(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple):
-        return [_record(v) for v in value]
-    return value
+    """A domain value as the plain dicts and lists fastavro writes."""
+    return to_record(value)  # fresh dicts, datetimes kept for the timestamp logical type
 
 
 class Fuzzer:
