@@ -47,6 +47,7 @@ from processor.domain.messages import (
     VipBundleInitializedV1,
     bundle_id_of,
 )
+from processor.logs import client_logging
 from processor.topology import Topics
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)  # published_at of fuzzed events: same seed, same bytes
@@ -323,6 +324,7 @@ def fuzz_producer(bootstrap: str, max_message_bytes: int, extra: dict[str, Any])
         {
             "bootstrap.servers": bootstrap,
             **extra,
+            **client_logging(),
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.max.bytes": max_message_bytes + 4096,

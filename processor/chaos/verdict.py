@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from processor.chaos.fuzz import Fuzzed
 from processor.codec import Codec, CodecError
+from processor.logs import client_logging
 from processor.simulation.check import Observed, violations
 from processor.simulation.services import Plan
 from processor.topology import BUNDLE_HEADER
@@ -51,6 +52,7 @@ def read_all(
         {
             "bootstrap.servers": bootstrap,
             **client_config,
+            **client_logging(),
             "group.id": f"chaos-verdict-{uuid.uuid4().hex}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
