@@ -28,10 +28,10 @@ PRESETS: dict[str, dict[str, object]] = {
         "kill_every": (3.0, 6.0),
         "coordinator_down": 4.0,
     },
-    # Ten minutes of traffic. The bundle count is what today's engine finishes on three
-    # busy nodes and two cores; the knob (--bundles) goes as far as the engine does.
+    # Ten minutes of traffic at about 33 bundles/s (≈200 events/s), the issue's size;
+    # --bundles goes as far as the engine and the machine do.
     "long": {
-        "bundles": 1500,
+        "bundles": 20000,
         "duration": 600.0,
         "drain": 300.0,
         "fuzz": 5000,
@@ -97,7 +97,7 @@ run could not be set up.""",
         epilog="""\
 sizes:
   --size ci     300 bundles over 60s, 1000 fuzzed records, 6 partitions (make test)
-  --size long   1500 bundles over 10m, 5000 fuzzed records, 6 partitions
+  --size long   20000 bundles over 10m, 5000 fuzzed records, 6 partitions
   every other option overrides the preset.
 
 examples:
