@@ -162,6 +162,11 @@ class GlobalTables:
         return not self.tables or self.first_caught_up_s is not None
 
     @property
+    def targets(self) -> int:
+        """Targets taken so far: each a ListOffsets and a catch-up (a round)."""
+        return self._taken
+
+    @property
     def behind(self) -> bool:
         """A target was taken and is not reached yet."""
         return self._reached < self._taken

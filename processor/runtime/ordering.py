@@ -60,6 +60,10 @@ class TimestampOrder(Generic[K]):
             if k not in excluding
         )
 
+    def fetched(self) -> dict[K, int]:
+        """Per source, the offset after the last record added."""
+        return dict(self._fetched)
+
     def _fetched_to_end(self, source: K) -> bool:
         return self._eof.get(source, -1) >= self._known_end.get(source, 0)
 

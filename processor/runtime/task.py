@@ -104,7 +104,11 @@ class RouteTask:
             self.partitions, max_idle_s, buffer_limit
         )
         self.positions: dict[tuple[str, int], int] = {}
-        self._ticket: int | None = None  # the head missed the tables: the target deciding it
+        # The head missed the tables: the target deciding it, and what was fetched then.
+        self._ticket: tuple[int, dict[tuple[str, int], int]] | None = None
+        # Per source, the offset below which a miss is final: the records fetched when
+        # the last ticket reached was taken.
+        self._covered: dict[tuple[str, int], int] = {}
         self._blocked: list[tuple[str, int]] = []
 
     def add(self, record: Record) -> None:
@@ -122,12 +126,9 @@ class RouteTask:
 
     def process(self, out: Checkpoint, now: float) -> None:
         route, stats, send, positions = self._router, self._stats, out.send, self.positions
-        waiting = False
-
         observe, clock = self._timing.observe, time.perf_counter
 
         def handle(source: tuple[str, int], record: Record) -> bool:
-            nonlocal waiting
             started = clock()
             outcome = route(record)
             if isinstance(outcome, Forward):
@@ -139,10 +140,7 @@ class RouteTask:
                 except RecordTooLarge as exc:  # its headers took it over the limit
                     _dead_letter(out, self._dlq, record, BadInput(f"too large: {exc}"), stats)
             elif isinstance(outcome, Unknown):
-                if self._ticket is None:
-                    self._ticket = self._tables.ticket()
-                if not self._tables.caught_up(self._ticket):
-                    waiting = True
+                if not self._miss_is_final(source, record.offset()):
                     return False  # everything waits behind it
                 stats.not_routed += 1
                 log.debug("%s[%d]@%d not routed: %s", *source, record.offset(), outcome.reason)
@@ -150,7 +148,6 @@ class RouteTask:
                 stats.not_routed += 1
             elif isinstance(outcome, Reject):
                 _dead_letter(out, self._dlq, record, BadInput(outcome.reason), stats)
-            self._ticket = None
             positions[source] = record.offset() + 1
             observe(clock() - started)
             return True
@@ -159,6 +156,25 @@ class RouteTask:
             out.begin()  # positions move: there is a commit to make even without outputs
         self._order.drain(now, handle, lambda _: False, self.max_records)
         self._blocked = self._order.over_limit()
+
+    def _miss_is_final(self, source: tuple[str, int], offset: int) -> bool:
+        """A record at `offset` of `source` missed the tables: is that final? Only once
+        they caught up to end offsets taken after the record was fetched."""
+        if offset < self._covered.get(source, 0):
+            return True
+        if self._ticket is None:
+            self._ticket = (self._tables.ticket(), self._order.fetched())
+        number, fetched = self._ticket
+        if not self._tables.caught_up(number):
+            return False
+        # Every record fetched when the ticket was taken arrived before its target: a
+        # miss among them is final at once, with no round of its own (ordinary bookings
+        # are most of the input, and a round costs a ListOffsets and a fetch).
+        self._covered, self._ticket = fetched, None
+        if offset < fetched.get(source, 0):
+            return True
+        self._ticket = (self._tables.ticket(), self._order.fetched())  # fetched after it
+        return False
 
     def blocked(self) -> list[tuple[str, int]]:
         return self._blocked
@@ -179,6 +195,7 @@ class RouteTask:
         self._order.clear()
         self.positions.clear()
         self._ticket = None
+        self._covered = {}
         self._blocked = []
 
     def close(self) -> None:
