@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.bench.config import BenchError
 from processor.bench.kafka import BATCH, Counter, Tail, bulk_producer, produce
@@ -63,21 +63,18 @@ def client_settings(session: Session) -> tuple[dict[str, object], dict[str, obje
     return consumer, dict(session.settings["producer"])
 
 
-def copy_backlog(session: Session, topics: Topics) -> tuple[list[str], int]:
-    """Source topics for the ceilings, one per input topic, holding the inputs' records
-    (same partitions, keys, values, headers, timestamps) as many times as
-    `ceiling_records` needs; (topics, copies)."""
+def read_backlog(session: Session, topics: Topics) -> list[Message]:
+    """Every record in the inputs of `topics` now: the backlog the ceilings copy, read
+    before later phases add records of their own."""
     cfg = session.config
     metadata = session.admin.list_topics(timeout=30).topics
     partitions = [(t, p) for t in topics.inputs for p in metadata[t].partitions]
     lows, ends = start_offsets(session.admin, partitions), end_offsets(session.admin, partitions)
     backlog = sum(ends[tp] - lows[tp] for tp in partitions)
-    copies = max(1, -(-cfg.ceiling_records // max(backlog, 1)))
-    task = session.progress.add_task(f"ceilings: {copies} copies of the backlog", total=copies + 1)
     group = f"{session.app}-ceiling-copy"  # never committed
     reader = Consumer({**session.settings["reader"], "group.id": group})
     reader.assign([TopicPartition(t, p, lows[(t, p)]) for t, p in partitions])
-    records = []
+    records: list[Message] = []
     deadline = time.monotonic() + cfg.timeout_s
     try:
         while len(records) < backlog:
@@ -88,7 +85,16 @@ def copy_backlog(session: Session, topics: Topics) -> tuple[list[str], int]:
                     records.append(msg)
     finally:
         reader.close()
-    session.progress.update(task, completed=1)
+    return records
+
+
+def copy_backlog(session: Session, topics: Topics, records: list[Message]) -> tuple[list[str], int]:
+    """Source topics for the ceilings, one per input topic, holding `records` (same
+    partitions, keys, values, headers, timestamps) as many times as `ceiling_records`
+    needs; (topics, copies)."""
+    cfg = session.config
+    copies = max(1, -(-cfg.ceiling_records // max(len(records), 1)))
+    task = session.progress.add_task(f"ceilings: {copies} copies of the backlog", total=copies)
     sources = {t: session.topic(f"ceiling-in-{i}", cfg.input_partitions)
                for i, t in enumerate(topics.inputs)}  # fmt: skip
     producer = bulk_producer(cfg.bootstrap_servers)
@@ -106,7 +112,6 @@ def copy_backlog(session: Session, topics: Topics) -> tuple[list[str], int]:
         session.progress.update(task, completed=copy + 1)
     if producer.flush(120):
         raise BenchError("ceilings: the copies were not delivered within 120 s")
-    session.progress.update(task, completed=copies + 1)
     return list(sources.values()), copies
 
 
