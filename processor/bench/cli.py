@@ -268,7 +268,7 @@ def measure(session: Session) -> dict[str, Any]:
     with phase("backlog"):
         bundles, events = backlog(session, topics)
         records = read_backlog(session, topics)  # the latency phase adds to the inputs
-    # Before the ceilings: their 1.3 million records per hop leave the broker's disk
+    # Before the ceilings: their 2.7 million writes leave the broker's disk
     # writing back for seconds, and the throughput measured after them was 10-30 % lower.
     with phase("throughput"):
         ours, running = topology(session, topics, bundles, events)
