@@ -83,6 +83,20 @@ def key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def add_registry_options(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--schema-registry-option",
+        dest="registry_options",
+        metavar="KEY=VALUE",
+        type=key_value,
+        action="append",
+        default=[],
+        help="SchemaRegistryClient setting (repeatable; a schema.registry. prefix is "
+        "dropped), e.g. basic.auth.user.info=USER:PASSWORD, ssl.ca.location=/ca.pem, "
+        "ssl.certificate.location=..., ssl.key.location=..., timeout=10",
+    )
+
+
 def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap-servers",
@@ -149,16 +163,7 @@ def _registry_args(parser: argparse.ArgumentParser, *, processor: bool = False) 
         "<topic>-value; unset: Avro single-object encoding, no registry "
         "(env SCHEMA_REGISTRY_URL)",
     )
-    group.add_argument(
-        "--schema-registry-option",
-        dest="registry_options",
-        metavar="KEY=VALUE",
-        type=key_value,
-        action="append",
-        default=[],
-        help="SchemaRegistryClient setting (repeatable), e.g. "
-        "basic.auth.user.info=USER:PASSWORD, ssl.ca.location=/ca.pem",
-    )
+    add_registry_options(group)
     if processor:
         group.add_argument(
             "--no-register-schemas",
@@ -453,17 +458,7 @@ def _schemas_command(commands: argparse._SubParsersAction) -> None:
         help="the registry's Confluent-compatible API, e.g. http://127.0.0.1:28081/apis/ccompat/v7 "
         "for the local Apicurio (env SCHEMA_REGISTRY_URL; required)",
     )
-    register.add_argument(
-        "--schema-registry-option",
-        dest="registry_options",
-        metavar="KEY=VALUE",
-        type=key_value,
-        action="append",
-        default=[],
-        help="SchemaRegistryClient setting (repeatable; a schema.registry. prefix is "
-        "dropped), e.g. basic.auth.user.info=USER:PASSWORD, ssl.ca.location=/ca.pem, "
-        "ssl.certificate.location=..., ssl.key.location=..., timeout=10",
-    )
+    add_registry_options(register)
     register.add_argument(
         "--application-id",
         default=os.environ.get("VIP_APPLICATION_ID", DEFAULT_APPLICATION_ID),

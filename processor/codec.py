@@ -45,6 +45,17 @@ def _default_schema_dir() -> Path:
 DEFAULT_SCHEMA_DIR = _default_schema_dir()
 
 
+def write_framed(header: bytes, schema: Any, value: object) -> bytes:
+    """`header` followed by `value`'s Avro body in the parsed `schema`."""
+    buf = io.BytesIO()
+    buf.write(header)
+    try:
+        fastavro.schemaless_writer(buf, schema, to_record(value))
+    except Exception as exc:  # fastavro raises many types for a bad value
+        raise CodecError("schema-violation", f"{schema['name']}: {exc}") from exc
+    return buf.getvalue()
+
+
 class CodecError(ValueError):
     """Bytes that are not a message of ours, or a message that breaks its schema.
 
@@ -131,14 +142,7 @@ class Codec:
         encoder = self._encoders.get(type(value))
         if encoder is None:
             raise CodecError("unexpected-type", f"no schema for {type(value).__name__}")
-        header, schema = encoder
-        buf = io.BytesIO()
-        buf.write(header)
-        try:
-            fastavro.schemaless_writer(buf, schema, to_record(value))
-        except Exception as exc:  # fastavro raises many types for a bad value
-            raise CodecError("schema-violation", f"{schema['name']}: {exc}") from exc
-        return buf.getvalue()
+        return write_framed(*encoder, value)
 
     def writer_schema(self, data: bytes) -> WriterSchema:
         """The writer schema of single-object encoded `data` (the body is not read)."""

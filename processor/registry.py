@@ -474,6 +474,12 @@ def decode(data: bytes, writers: WriterSchemas, reader: Any | None = None) -> An
     fault) or RegistryUnavailable (retry)."""
     schema_id = schema_id_of(data)
     writer, reader = writers.resolve(schema_id, reader)
+    return read_body(data, schema_id, writer, reader)
+
+
+def read_body(data: bytes, schema_id: int, writer: Any, reader: Any | None) -> Any:
+    """The Avro body of framed `data` (schema `schema_id`), read with `writer` and resolved
+    to `reader` (None: as written). Raises RecordSchemaError."""
     body = io.BytesIO(data)
     body.seek(HEADER_SIZE)
     try:

@@ -15,13 +15,10 @@ processor may not register: `processor schemas register` does it beforehand).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from typing import Any
 
-import fastavro
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from fastavro.read import SchemaResolutionError
 
 from processor import registry
 from processor.codec import (
@@ -30,7 +27,7 @@ from processor.codec import (
     SchemaStore,
     from_record,
     ids_as_strings,
-    to_record,
+    write_framed,
 )
 from processor.domain.messages import (
     EVENT_TYPES,
@@ -98,14 +95,7 @@ class RegistryCodec:
         encoder = self._encoders.get(type(value))
         if encoder is None:
             raise CodecError("unexpected-type", f"{type(value).__name__} is not written here")
-        header, schema = encoder
-        buf = io.BytesIO()
-        buf.write(header)
-        try:
-            fastavro.schemaless_writer(buf, schema, to_record(value))
-        except Exception as exc:  # fastavro raises many types for a bad value
-            raise CodecError("schema-violation", f"{schema['name']}: {exc}") from exc
-        return buf.getvalue()
+        return write_framed(*encoder, value)
 
     def decode(self, data: bytes, expected: type | None = None) -> Any:
         if len(data) < HEADER or data[0] != registry.MAGIC_BYTE:
@@ -120,20 +110,10 @@ class RegistryCodec:
                 "unexpected-type",
                 f"schema id {schema_id} is {writer['name']}, not {expected.__name__}",
             )
-        body = io.BytesIO(data)
-        body.seek(HEADER)
         try:
-            record = fastavro.schemaless_reader(body, writer, reader)
-        except SchemaResolutionError as exc:
-            raise CodecError(
-                "incompatible-schema", f"schema id {schema_id} does not resolve to ours: {exc}"
-            ) from exc
-        except Exception as exc:  # truncated, bad UTF-8, ...
-            raise CodecError("undecodable", f"schema id {schema_id}: {exc!r}") from exc
-        if body.tell() != len(data):
-            raise CodecError(
-                "undecodable", f"schema id {schema_id}: {len(data) - body.tell()} trailing bytes"
-            )
+            record = registry.read_body(data, schema_id, writer, reader)
+        except registry.RecordSchemaError as exc:
+            raise CodecError(exc.kind, exc.detail) from exc
         return from_record(cls, record, writer["name"])
 
     def _decoder(self, schema_id: int) -> tuple[type, Any, Any]:

@@ -150,6 +150,18 @@ class FakeCluster:
                 return offset
         return len(self.logs[topic][partition])
 
+    def metadata(self, topic: str | None = None) -> Any:
+        """What list_topics answers: `topic`'s partitions, or every topic's."""
+        names = [topic] if topic else list(self.logs)
+        return SimpleNamespace(
+            topics={
+                name: SimpleNamespace(
+                    error=None, partitions={p: None for p in range(len(self.logs[name]))}
+                )
+                for name in names
+            }
+        )
+
     def committed_records(self, topic: str) -> list[FakeMessage]:
         return [
             FakeMessage(topic, p, o, e)
@@ -326,15 +338,7 @@ class FakeConsumer:
         return SimpleNamespace(group_id=self.group_id, member=self)
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
-        names = [topic] if topic else list(self.cluster.logs)
-        return SimpleNamespace(
-            topics={
-                name: SimpleNamespace(
-                    error=None, partitions={p: None for p in range(len(self.cluster.logs[name]))}
-                )
-                for name in names
-            }
-        )
+        return self.cluster.metadata(topic)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -496,15 +500,7 @@ class FakeAdmin:
         return out
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
-        names = [topic] if topic else list(self.cluster.logs)
-        return SimpleNamespace(
-            topics={
-                name: SimpleNamespace(
-                    error=None, partitions={p: None for p in range(len(self.cluster.logs[name]))}
-                )
-                for name in names
-            }
-        )
+        return self.cluster.metadata(topic)
 
     def poll(self, timeout: float = 0) -> int:
         return 0
