@@ -46,7 +46,6 @@ from processor.localkafka.jvm import (
     STOP_TIMEOUT_S,
     LocalKafkaError,
     NodeFiles,
-    accepts,
     alive,
     cluster_id,
     configured_port,
@@ -294,7 +293,10 @@ class LocalCluster:
             if running_pid(node.files) is not None:
                 return False
             self._check_running_ports()
-            self._start([node], lambda procs: self._wait_registered(node, deadline, procs[0].poll))
+            log_end = _server_log_size(node)
+            self._start(
+                [node], lambda procs: self._wait_registered(node, deadline, procs[0].poll, log_end)
+            )
         if wait_healthy:
             self.wait_healthy(max(deadline - time.monotonic(), 1.0))
         return True
@@ -379,11 +381,16 @@ class LocalCluster:
         self.group_coordinator(READY_GROUP, timeout=max(deadline - time.monotonic(), 1.0))
         self.wait_healthy(max(deadline - time.monotonic(), 1.0))
 
-    def _wait_registered(self, node: Node, deadline: float, poll: Callable[[], int | None]) -> None:
+    def _wait_registered(
+        self, node: Node, deadline: float, poll: Callable[[], int | None], log_end: int
+    ) -> None:
+        """Until the node's new JVM says it started and the brokers list it. Neither an
+        accepting port (another socket may hold it) nor a registration (a broker registers
+        before binding its listener, and may then die of a taken port) says so alone."""
         while True:
             if poll() is not None:
                 raise LocalKafkaError(f"cluster node {node.node_id} exited during start-up")
-            if accepts(node.broker_port) and node.node_id in self._live_brokers():
+            if _started_since(node, log_end) and node.node_id in self._live_brokers():
                 return
             if time.monotonic() > deadline:
                 raise LocalKafkaError(f"cluster node {node.node_id} did not rejoin in time")
@@ -508,6 +515,28 @@ def _ephemeral_overlap(low: int, high: int) -> str | None:
     except (OSError, ValueError):
         return None
     return f"{first}-{last}" if low <= last and high >= first else None
+
+
+STARTED = "Kafka Server started"  # KafkaRaftServer, once every listener is bound
+
+
+def _server_log_size(node: Node) -> int:
+    try:
+        return (node.files.logs / "server.log").stat().st_size
+    except OSError:
+        return 0
+
+
+def _started_since(node: Node, offset: int) -> bool:
+    """Has server.log said STARTED past `offset` (from its start if it was rolled since)?"""
+    try:
+        with (node.files.logs / "server.log").open("rb") as log:
+            if log.seek(0, 2) < offset:
+                offset = 0
+            log.seek(offset)
+            return STARTED.encode() in log.read()
+    except OSError:
+        return False
 
 
 def _lost_port(node: Node) -> bool:
