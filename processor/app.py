@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from processor.codec import Codec
+from processor.codec import Codec, DecodeMemo
 from processor.logs import kafka_logger
 from processor.manage import BundleSerde, saga_handler
 from processor.routing import INDEX, index_entries, saga_router_factory
@@ -45,12 +45,16 @@ def build_engine(
         client_config=dict(client_config or {}),
     )
     config = replace(config, **engine_options)
-    index = TableSpec(topics.input("VipBundleInitialized_v1"), INDEX, index_entries(codec))
+    # Each event is decoded once per process: the index and the route stage keep
+    # what they decoded, the manage stage takes it.
+    # The route stage runs at most about `buffered_records` ahead of the manage stage.
+    decoded = DecodeMemo(codec, capacity=2 * config.buffered_records)
+    index = TableSpec(topics.input("VipBundleInitialized_v1"), INDEX, index_entries(decoded))
     return Engine(
         config,
-        saga_handler(codec, topics),
+        saga_handler(codec, topics, decode=decoded.take),
         BundleSerde(codec),
-        router=saga_router_factory(codec, topics),
+        router=saga_router_factory(decoded, topics),
         tables=(index,),
         clients=clients or KafkaClients(logger=kafka_logger()),
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from processor.codec import Codec, CodecError
 from processor.domain.messages import EVENT_TYPES, VipBundle, bundle_id_of
 from processor.domain.saga import Apply, Ignore, NotReady, decide
@@ -38,12 +41,17 @@ class BundleSerde:
         return "finalized" if raw[-2] == 1 else "active"
 
 
-def saga_handler(codec: Codec, topics: Topics) -> Handler:
+def saga_handler(
+    codec: Codec, topics: Topics, decode: Callable[[bytes, type], Any] | None = None
+) -> Handler:
+    """`decode` reads the events (by default `codec.decode`; `DecodeMemo.take` hands
+    over what the route stage of this process decoded)."""
     event_types = {topics.repartition(cls.schema_name): cls for cls in EVENT_TYPES}
+    decode = decode or codec.decode
 
     def handle(record: Record, bundle: VipBundle | None) -> Outcome:
         try:
-            event = codec.decode(record.value() or b"", event_types[record.topic()])
+            event = decode(record.value() or b"", event_types[record.topic()])
         except CodecError as exc:
             raise BadInput(str(exc)) from exc
         raw_key = record.key() or b""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from processor.codec import Codec, CodecError
+from processor.codec import CodecError, Decoder
 from processor.domain.messages import EVENT_TYPES, Event, VipBundleInitializedV1, bundle_id_of
 from processor.runtime.engine import RouterFactory
 from processor.runtime.global_table import Extract
@@ -37,7 +37,7 @@ class Index(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
 
 
-def index_entries(codec: Codec) -> Extract:
+def index_entries(codec: Decoder) -> Extract:
     """What one VipBundleInitialized_v1 record contributes to the booking index."""
 
     def extract(value: bytes) -> Iterable[tuple[bytes, bytes]]:
@@ -51,7 +51,7 @@ def index_entries(codec: Codec) -> Extract:
     return extract
 
 
-def saga_router(codec: Codec, topics: Topics, index: Index) -> Router:
+def saga_router(codec: Decoder, topics: Topics, index: Index) -> Router:
     event_types = {topics.input(cls.schema_name): cls for cls in EVENT_TYPES}
     repartition = {cls: topics.repartition(cls.schema_name) for cls in EVENT_TYPES}
     bundle_header = BUNDLE_HEADER
@@ -80,7 +80,7 @@ def saga_router(codec: Codec, topics: Topics, index: Index) -> Router:
     return route
 
 
-def saga_router_factory(codec: Codec, topics: Topics) -> RouterFactory:
+def saga_router_factory(codec: Decoder, topics: Topics) -> RouterFactory:
     """The router over the engine's booking index table."""
     index_topic = topics.input(VipBundleInitializedV1.schema_name)
 

@@ -12,7 +12,14 @@ import pytest
 from fastavro.schema import fingerprint
 from msgspec.structs import replace
 
-from processor.codec import DEFAULT_SCHEMA_DIR, MAGIC, Codec, CodecError, SchemaStore
+from processor.codec import (
+    DEFAULT_SCHEMA_DIR,
+    MAGIC,
+    Codec,
+    CodecError,
+    DecodeMemo,
+    SchemaStore,
+)
 from processor.domain.messages import (
     MESSAGE_TYPES,
     BookingMadeV1,
@@ -223,3 +230,56 @@ def vars_of(header: object) -> dict[str, object]:
 def test_unknown_schema_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SchemaStore(tmp_path / "nope")
+
+
+# --- the decode memo ------------------------------------------------------------
+
+
+class CountingCodec:
+    def __init__(self) -> None:
+        self.decoded = 0
+
+    def decode(self, data: bytes, expected: type | None = None) -> object:
+        self.decoded += 1
+        return codec.decode(data, expected)
+
+
+def test_a_later_stage_takes_what_an_earlier_one_decoded_without_decoding_again() -> None:
+    counting = CountingCodec()
+    memo = DecodeMemo(counting)
+    data = codec.encode(story.initialized())
+    index_value = memo.decode(data, VipBundleInitializedV1)  # the booking index
+    route_value = memo.decode(bytes(data), VipBundleInitializedV1)  # equal bytes, new object
+    manage_value = memo.take(bytes(data), VipBundleInitializedV1)
+    assert index_value is route_value is manage_value == story.initialized()
+    assert counting.decoded == 1
+    assert len(memo) == 0  # the last reader took it
+    assert memo.take(data, VipBundleInitializedV1) == story.initialized()  # decoded again
+    assert counting.decoded == 2
+
+
+def test_the_memo_keeps_at_most_its_capacity_oldest_out_first() -> None:
+    counting = CountingCodec()
+    memo = DecodeMemo(counting, capacity=2)
+    events = [*story.all_confirmed()[:2], story.booking_made()]
+    first, second, third = (codec.encode(e) for e in events)
+    for data in (first, second, third):
+        memo.decode(data)
+    assert len(memo) == 2
+    memo.take(second)
+    memo.take(third)
+    assert counting.decoded == 3
+    memo.take(first)  # aged out: decoded again
+    assert counting.decoded == 4
+
+
+def test_the_memo_checks_the_expected_type_and_keeps_no_failures() -> None:
+    memo = DecodeMemo(codec)
+    data = codec.encode(story.booking_made())
+    memo.decode(data, BookingMadeV1)
+    with pytest.raises(CodecError) as err:
+        memo.decode(data, VipBundleInitializedV1)
+    assert err.value.kind == "unexpected-type"
+    with pytest.raises(CodecError):
+        memo.decode(b"\xc3\x01garbage", BookingMadeV1)
+    assert len(memo) == 1  # only the good one

@@ -7,7 +7,9 @@ cheap to build, and the codec turns a decoded record into one with a single
 validating call. Ids are strings; `Uuid` fields must be RFC 4122 text, checked
 when a message is decoded. Validation that Avro cannot express (counts,
 positivity) runs in `__post_init__`, so an invalid message never reaches the
-decision function.
+decision function. Their fields are strings, numbers, datetimes, tuples and other
+Structs, so no value can be part of a reference cycle: `gc=False` keeps them out
+of the cyclic garbage collector (profiled: fewer and cheaper collections).
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ class InvalidMessage(ValueError):
     """A message that decodes but breaks a rule of the contract."""
 
 
-class MessageHeader(Struct, frozen=True):
+class MessageHeader(Struct, frozen=True, gc=False):
     id: Uuid
     published_at: datetime
     idempotency_key: Uuid
 
 
-class Money(Struct, frozen=True):
+class Money(Struct, frozen=True, gc=False):
     amount: str
     currency: str
 
@@ -45,7 +47,7 @@ def _require_positive(name: str, value: int) -> None:
 # --- events the process manager consumes ------------------------------------
 
 
-class VipBundleInitializedV1(Struct, frozen=True):
+class VipBundleInitializedV1(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "VipBundleInitialized_v1"
     header: MessageHeader
     vip_bundle_id: Uuid
@@ -64,7 +66,7 @@ class VipBundleInitializedV1(Struct, frozen=True):
             )
 
 
-class BookingMadeV1(Struct, frozen=True):
+class BookingMadeV1(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "BookingMade_v1"
     header: MessageHeader
     number_of_tickets: int
@@ -76,7 +78,7 @@ class BookingMadeV1(Struct, frozen=True):
         _require_positive("number_of_tickets", self.number_of_tickets)
 
 
-class TicketBookingConfirmedV1(Struct, frozen=True):
+class TicketBookingConfirmedV1(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "TicketBookingConfirmed_v1"
     header: MessageHeader
     ticket_id: Uuid
@@ -85,14 +87,14 @@ class TicketBookingConfirmedV1(Struct, frozen=True):
     booking_id: Uuid
 
 
-class BookingFailedV1(Struct, frozen=True):
+class BookingFailedV1(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "BookingFailed_v1"
     header: MessageHeader
     booking_id: Uuid
     failure_reason: str
 
 
-class FlightBookedV1(Struct, frozen=True):
+class FlightBookedV1(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "FlightBooked_v1"
     header: MessageHeader
     flight_id: Uuid
@@ -100,7 +102,7 @@ class FlightBookedV1(Struct, frozen=True):
     reference_id: Uuid
 
 
-class FlightBookingFailedV1(Struct, frozen=True):
+class FlightBookingFailedV1(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "FlightBookingFailed_v1"
     header: MessageHeader
     flight_id: Uuid
@@ -141,14 +143,14 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 # --- what the process manager emits -----------------------------------------
 
 
-class VipBundleFinalizedV1(Struct, frozen=True):
+class VipBundleFinalizedV1(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "VipBundleFinalized_v1"
     header: MessageHeader
     vip_bundle_id: Uuid
     success: bool
 
 
-class BookShowTickets(Struct, frozen=True):
+class BookShowTickets(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "BookShowTickets"
     header: MessageHeader
     booking_id: Uuid
@@ -157,7 +159,7 @@ class BookShowTickets(Struct, frozen=True):
     show_id: Uuid
 
 
-class BookFlight(Struct, frozen=True):
+class BookFlight(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "BookFlight"
     header: MessageHeader
     customer_email: str
@@ -167,7 +169,7 @@ class BookFlight(Struct, frozen=True):
     idempotency_key: Uuid
 
 
-class RefundTicket(Struct, frozen=True):
+class RefundTicket(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "RefundTicket"
     header: MessageHeader
     ticket_id: Uuid
@@ -176,7 +178,7 @@ class RefundTicket(Struct, frozen=True):
 Message = BookShowTickets | BookFlight | RefundTicket | VipBundleFinalizedV1
 
 
-class Output(Struct, frozen=True):
+class Output(Struct, frozen=True, gc=False):
     """One message to publish: `kind` picks the topic family (commands./events.),
     `key` the record key (design: RefundTicket by ticket_id, the rest by bundle)."""
 
@@ -188,7 +190,7 @@ class Output(Struct, frozen=True):
 # --- state ------------------------------------------------------------------
 
 
-class VipBundle(Struct, frozen=True):
+class VipBundle(Struct, frozen=True, gc=False):
     schema_name: ClassVar[str] = "VipBundle"
     vip_bundle_id: Uuid
     booking_id: Uuid
