@@ -233,6 +233,7 @@ def ceiling(session: Session, sources: list[str], copies: int, hops: int) -> Cei
         for i, t in enumerate(sources)
         if hops == 2
     }
+    session.warm([sink, *intermediates.values()])  # written in transactions, like the engine's
     counter = Counter()
     tail = Tail(cfg.bootstrap_servers, [sink], counter)
     consumer, producer = client_settings(session)
