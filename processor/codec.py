@@ -185,11 +185,10 @@ class DecodeMemo:
     """Values this process decoded lately, by their bytes.
 
     The route stage decodes every event to find its bundle, and the manage stage of
-    the same instance reads the very same bytes back from the repartition topic; the
-    booking index has decoded each VipBundleInitialized_v1 before the route stage
-    reads it. A decoded value depends on the bytes alone and is immutable, so a
-    later stage takes it instead of decoding again (profiled: decoding was a third
-    of the engine's time). Bounded, oldest out first: an event routed to a partition
+    the same instance reads the very same bytes back from the repartition topic. A
+    decoded value depends on the bytes alone and is immutable, so the later stage
+    takes it instead of decoding again (profiled: decoding was a third of the
+    engine's time). Bounded, oldest out first: an event routed to a partition
     of another instance is never taken here and ages out. Failures are not kept:
     the codec raises them again, where each stage reports them.
     """
