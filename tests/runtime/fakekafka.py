@@ -322,6 +322,11 @@ class FakeConsumer:
             for tp in partitions
         ]
 
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        return 0, len(self.cluster.logs[tp.topic][tp.partition])
+
     def committed(
         self, partitions: list[TopicPartition], timeout: float = -1
     ) -> list[TopicPartition]:
