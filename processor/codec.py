@@ -197,8 +197,6 @@ class DecodeMemo:
         self._codec = codec
         self._capacity = capacity
         self._values: dict[bytes, Any] = {}
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._values)
@@ -207,10 +205,8 @@ class DecodeMemo:
         """The value of `data`, kept for a later stage."""
         value = self._values.get(data)
         if value is not None and (expected is None or type(value) is expected):
-            self.hits += 1
             return value
         value = self._codec.decode(data, expected)
-        self.misses += 1
         values = self._values
         if len(values) >= self._capacity:
             del values[next(iter(values))]
@@ -221,9 +217,7 @@ class DecodeMemo:
         """The value of `data` for its last reader: no longer kept."""
         value = self._values.pop(data, None)
         if value is not None and (expected is None or type(value) is expected):
-            self.hits += 1
             return value
-        self.misses += 1
         return self._codec.decode(data, expected)
 
 
