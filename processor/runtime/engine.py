@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 Task = RouteTask | StatefulTask
 TP = tuple[str, int]
+TRANSACTION_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class Engine:
             "linger.ms": 5,
             # Java's default partitioner: keys land where Kafka Streams would put them.
             "partitioner": "murmur2_random",
-            "transaction.timeout.ms": 10_000,
+            "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
             # The broker's default max.message.bytes (1048588) less a batch's framing, not
             # librdkafka's 1000000: a record the broker took can be dead-lettered whole.
             # Larger ones are refused here, synchronously, not by the broker mid-transaction.
@@ -559,8 +560,43 @@ class Engine:
             self._commit()
 
     def _abort_and_rewind(self) -> None:
-        self._checkpoint.abort()
+        try:
+            self._checkpoint.abort()
+        except KafkaException as exc:
+            if not self._fenced_by_the_timeout(exc):
+                raise
+            log.warning(
+                "the transaction outlived the transaction timeout and the coordinator "
+                "aborted it (%s); this instance is still a member: new producer",
+                exc.args[0].str(),
+            )
+            self._replace_producer()
         self._rewind()
+
+    def _fenced_by_the_timeout(self, exc: KafkaException) -> bool:
+        """Whether a fatal "fenced" ends only our transaction, not our instance.
+
+        A broker that does not answer for longer than the transaction timeout has the
+        coordinator abort the transaction and bump the producer's epoch; librdkafka's
+        abort then asks for an epoch bump, is told "fenced", and that is fatal (found
+        by the chaos run: a node SIGSTOPped for 15 s). A successor with the same
+        instance id fences us the same way, but it also took our static group
+        membership: the group consumer reports that as a fatal error at its next
+        heartbeat. So: fenced, after a transaction open longer than the timeout, and
+        still a member after a short poll (the records it fetches are dropped: the
+        caller rewinds to the committed offsets) = the timeout."""
+        error: KafkaError = exc.args[0]
+        if error.code() != KafkaError._FENCED:
+            return False
+        if time.monotonic() - self._checkpoint.opened_at < TRANSACTION_TIMEOUT_S:
+            return False
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for msg in self._consumer.consume(self.config.batch_size, timeout=0.1):
+                failed = msg.error()
+                if failed is not None and (failed.fatal() or failed.code() == KafkaError._FATAL):
+                    raise KafkaException(failed) from exc
+        return bool(self._consumer.assignment())
 
     def _replace_producer(self) -> None:
         """A new producer with the same transactional.id: init_transactions fences the

@@ -108,6 +108,7 @@ class FakeCluster:
         self.epochs: dict[str, int] = {}
         self.clock_ms = 1_800_000_000_000
         self.fail_next_commit: KafkaError | None = None
+        self.fail_next_abort: KafkaError | None = None  # raised once the records are aborted
         self.max_message_bytes = 1_000_000
         self.commits = 0
         self._round_robin = itertools.count()
@@ -480,6 +481,9 @@ class FakeProducer:
         for entry in self._written:
             entry.state, entry.txn = "aborted", None
         self._end()
+        failure, self.cluster.fail_next_abort = self.cluster.fail_next_abort, None
+        if failure is not None:
+            raise KafkaException(failure)
 
     def _end(self) -> None:
         self._written, self._offsets, self._deliveries = [], [], []

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
+from processor.runtime import engine as engine_module
 from processor.runtime.parking import Backoff, resume_metadata
 from tests.runtime.toyapp import (
     ADDS,
@@ -185,6 +186,49 @@ def test_an_aborted_transaction_leaves_nothing_and_is_redone_once(toy: Toy) -> N
     toy.send(ADDS, "k", "add:6")
     turns(engine)
     assert toy.values(DONE) == [("k", "done:9")]
+
+
+def test_a_transaction_the_coordinator_timed_out_is_redone_by_a_new_producer(
+    toy: Toy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the chaos run: a broker silent past the transaction timeout has the
+    # coordinator abort the transaction and bump the epoch; librdkafka's abort is then
+    # told "fenced", which is fatal. Still a member of the group: not a zombie.
+    monkeypatch.setattr(engine_module, "TRANSACTION_TIMEOUT_S", 0.0)
+    toy.send(ADDS, "k", "add:1")
+    engine = toy.engine()
+    turns(engine)
+    first = engine._producer
+    toy.send(ADDS, "k", "add:2")
+    toy.cluster.fail_next_commit = KafkaError(
+        KafkaError._STATE, "injected", txn_requires_abort=True
+    )
+    toy.cluster.fail_next_abort = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    turns(engine, 2)
+    assert engine.stats.aborted == 1
+    assert engine._producer is not first
+    turns(engine)
+    assert [v for _, v in toy.values(TOTALS)] == ["1", "3"]  # redone once
+
+
+def test_a_fenced_abort_ends_an_instance_that_is_no_longer_a_member(
+    toy: Toy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A successor with the same instance id fences the same way, but took the group
+    # membership too: this instance must not take a producer back from it.
+    monkeypatch.setattr(engine_module, "TRANSACTION_TIMEOUT_S", 0.0)
+    toy.send(ADDS, "k", "add:1")
+    engine = toy.engine()
+    turns(engine)
+    toy.send(ADDS, "k", "add:2")
+    monkeypatch.setattr(engine._consumer, "assignment", lambda: [])
+    toy.cluster.fail_next_commit = KafkaError(
+        KafkaError._STATE, "injected", txn_requires_abort=True
+    )
+    toy.cluster.fail_next_abort = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    with pytest.raises(KafkaException):
+        turns(engine, 2)
+    assert toy.values(TOTALS) == [("k", "1")]  # nothing of the fenced transaction
 
 
 def test_a_store_restores_in_the_loop_and_the_task_runs_after(toy: Toy) -> None:
