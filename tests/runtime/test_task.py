@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from processor.runtime import engine as engine_module
+from processor.runtime.engine import Engine
 from processor.runtime.parking import Backoff, resume_metadata
 from tests.runtime.toyapp import (
     ADDS,
@@ -188,22 +189,29 @@ def test_an_aborted_transaction_leaves_nothing_and_is_redone_once(toy: Toy) -> N
     assert toy.values(DONE) == [("k", "done:9")]
 
 
+def engine_whose_next_abort_is_fenced(toy: Toy, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """An engine past one commit ("1"), with "add:2" in a transaction whose commit fails
+    and whose abort is told "fenced", as after the coordinator's transaction timeout."""
+    monkeypatch.setattr(engine_module, "TRANSACTION_TIMEOUT_S", 0.0)
+    toy.send(ADDS, "k", "add:1")
+    engine = toy.engine()
+    turns(engine)
+    toy.send(ADDS, "k", "add:2")
+    toy.cluster.fail_next_commit = KafkaError(
+        KafkaError._STATE, "injected", txn_requires_abort=True
+    )
+    toy.cluster.fail_next_abort = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    return engine
+
+
 def test_a_transaction_the_coordinator_timed_out_is_redone_by_a_new_producer(
     toy: Toy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Found by the chaos run: a broker silent past the transaction timeout has the
     # coordinator abort the transaction and bump the epoch; librdkafka's abort is then
     # told "fenced", which is fatal. Still a member of the group: not a zombie.
-    monkeypatch.setattr(engine_module, "TRANSACTION_TIMEOUT_S", 0.0)
-    toy.send(ADDS, "k", "add:1")
-    engine = toy.engine()
-    turns(engine)
+    engine = engine_whose_next_abort_is_fenced(toy, monkeypatch)
     first = engine._producer
-    toy.send(ADDS, "k", "add:2")
-    toy.cluster.fail_next_commit = KafkaError(
-        KafkaError._STATE, "injected", txn_requires_abort=True
-    )
-    toy.cluster.fail_next_abort = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
     turns(engine, 2)
     assert engine.stats.aborted == 1
     assert engine._producer is not first
@@ -216,16 +224,8 @@ def test_a_fenced_abort_ends_an_instance_that_is_no_longer_a_member(
 ) -> None:
     # A successor with the same instance id fences the same way, but took the group
     # membership too: this instance must not take a producer back from it.
-    monkeypatch.setattr(engine_module, "TRANSACTION_TIMEOUT_S", 0.0)
-    toy.send(ADDS, "k", "add:1")
-    engine = toy.engine()
-    turns(engine)
-    toy.send(ADDS, "k", "add:2")
+    engine = engine_whose_next_abort_is_fenced(toy, monkeypatch)
     monkeypatch.setattr(engine._consumer, "assignment", lambda: [])
-    toy.cluster.fail_next_commit = KafkaError(
-        KafkaError._STATE, "injected", txn_requires_abort=True
-    )
-    toy.cluster.fail_next_abort = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
     with pytest.raises(KafkaException):
         turns(engine, 2)
     assert toy.values(TOTALS) == [("k", "1")]  # nothing of the fenced transaction
