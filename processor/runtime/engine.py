@@ -574,7 +574,7 @@ class Engine:
         self._rewind()
 
     def _fenced_by_the_timeout(self, exc: KafkaException) -> bool:
-        """Whether a fatal "fenced" ends only our transaction, not our instance.
+        """Whether a fatal abort error ends only our transaction, not our instance.
 
         A broker that does not answer for longer than the transaction timeout has the
         coordinator abort the transaction and bump the producer's epoch; librdkafka's
@@ -586,7 +586,9 @@ class Engine:
         still a member after a short poll (the records it fetches are dropped: the
         caller rewinds to the committed offsets) = the timeout."""
         error: KafkaError = exc.args[0]
-        if error.code() != KafkaError._FENCED:
+        # "Fenced" or, if the coordinator's abort overtook ours, INVALID_TXN_STATE: fatal
+        # either way (both seen in the chaos-finding test).
+        if not error.fatal():
             return False
         if time.monotonic() - self._checkpoint.opened_at < TRANSACTION_TIMEOUT_S:
             return False

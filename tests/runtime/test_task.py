@@ -189,7 +189,9 @@ def test_an_aborted_transaction_leaves_nothing_and_is_redone_once(toy: Toy) -> N
     assert toy.values(DONE) == [("k", "done:9")]
 
 
-def engine_whose_next_abort_is_fenced(toy: Toy, monkeypatch: pytest.MonkeyPatch) -> Engine:
+def engine_whose_next_abort_is_fenced(
+    toy: Toy, monkeypatch: pytest.MonkeyPatch, error: int = KafkaError._FENCED
+) -> Engine:
     """An engine past one commit ("1"), with "add:2" in a transaction whose commit fails
     and whose abort is told "fenced", as after the coordinator's transaction timeout."""
     monkeypatch.setattr(engine_module, "TRANSACTION_TIMEOUT_S", 0.0)
@@ -200,17 +202,18 @@ def engine_whose_next_abort_is_fenced(toy: Toy, monkeypatch: pytest.MonkeyPatch)
     toy.cluster.fail_next_commit = KafkaError(
         KafkaError._STATE, "injected", txn_requires_abort=True
     )
-    toy.cluster.fail_next_abort = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    toy.cluster.fail_next_abort = KafkaError(error, "fatal", fatal=True)
     return engine
 
 
+@pytest.mark.parametrize("error", [KafkaError._FENCED, KafkaError.INVALID_TXN_STATE])
 def test_a_transaction_the_coordinator_timed_out_is_redone_by_a_new_producer(
-    toy: Toy, monkeypatch: pytest.MonkeyPatch
+    toy: Toy, monkeypatch: pytest.MonkeyPatch, error: int
 ) -> None:
     # Found by the chaos run: a broker silent past the transaction timeout has the
     # coordinator abort the transaction and bump the epoch; librdkafka's abort is then
-    # told "fenced", which is fatal. Still a member of the group: not a zombie.
-    engine = engine_whose_next_abort_is_fenced(toy, monkeypatch)
+    # told "fenced" (or INVALID_TXN_STATE), fatal. Still a member of the group: not a zombie.
+    engine = engine_whose_next_abort_is_fenced(toy, monkeypatch, error)
     first = engine._producer
     turns(engine, 2)
     assert engine.stats.aborted == 1
