@@ -544,7 +544,13 @@ class Engine:
                     log.warning("transaction aborted: %s", error)
                     self._abort_and_rewind()
                     return
-                raise
+                if not self._timed_out_by_the_coordinator(exc):
+                    raise
+                # Fenced at commit: most likely not committed, but a lost answer to a
+                # commit that went through fails the same way. Right either way:
+                self._replace_producer()
+                self._recover_unknown_outcome()
+                return
         for task in tasks:
             task.flush(self._checkpoint.changelog_offsets)
         self.commit_seconds.observe(time.perf_counter() - started)
@@ -563,31 +569,26 @@ class Engine:
         try:
             self._checkpoint.abort()
         except KafkaException as exc:
-            if not self._fenced_by_the_timeout(exc):
+            if not self._timed_out_by_the_coordinator(exc):
                 raise
-            log.warning(
-                "the transaction outlived the transaction timeout and the coordinator "
-                "aborted it (%s); this instance is still a member: new producer",
-                exc.args[0].str(),
-            )
-            self._replace_producer()
+            self._replace_producer()  # the coordinator's abort already ended it
         self._rewind()
 
-    def _fenced_by_the_timeout(self, exc: KafkaException) -> bool:
-        """Whether a fatal abort error ends only our transaction, not our instance.
+    def _timed_out_by_the_coordinator(self, exc: KafkaException) -> bool:
+        """Whether a fatal error at commit or abort ends only our transaction, not our
+        instance, as Kafka Streams' TaskMigrated does (new producer, work redone).
 
         A broker that does not answer for longer than the transaction timeout has the
         coordinator abort the transaction and bump the producer's epoch; librdkafka's
-        abort then asks for an epoch bump, is told "fenced", and that is fatal (found
-        by the chaos run: a node SIGSTOPped for 15 s). A successor with the same
-        instance id fences us the same way, but it also took our static group
-        membership: the group consumer reports that as a fatal error at its next
-        heartbeat. So: fenced, after a transaction open longer than the timeout, and
-        still a member after a short poll (the records it fetches are dropped: the
-        caller rewinds to the committed offsets) = the timeout."""
+        commit or abort is then told "fenced" (or INVALID_TXN_STATE, when the
+        coordinator's abort overtook ours), and both are fatal (found by the chaos run:
+        a node SIGSTOPped for 15 s). A successor with the same instance id fences us the
+        same way, but it also took our static group membership: the group consumer
+        reports that as a fatal error at its next heartbeat. So: fatal, after a
+        transaction open longer than the timeout, and still a member after a short poll
+        (the records it fetches are dropped: the caller rewinds to the committed
+        offsets) = the timeout. Raises the consumer's own fatal error if it has one."""
         error: KafkaError = exc.args[0]
-        # "Fenced" or, if the coordinator's abort overtook ours, INVALID_TXN_STATE: fatal
-        # either way (both seen in the chaos-finding test).
         if not error.fatal():
             return False
         if time.monotonic() - self._checkpoint.opened_at < TRANSACTION_TIMEOUT_S:
@@ -598,7 +599,14 @@ class Engine:
                 failed = msg.error()
                 if failed is not None and (failed.fatal() or failed.code() == KafkaError._FATAL):
                     raise KafkaException(failed) from exc
-        return bool(self._consumer.assignment())
+        if not self._consumer.assignment():
+            return False
+        log.warning(
+            "the transaction outlived the transaction timeout and the coordinator ended "
+            "it (%s); this instance is still a member: new producer, work redone",
+            error.str(),
+        )
+        return True
 
     def _replace_producer(self) -> None:
         """A new producer with the same transactional.id: init_transactions fences the

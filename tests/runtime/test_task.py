@@ -189,45 +189,58 @@ def test_an_aborted_transaction_leaves_nothing_and_is_redone_once(toy: Toy) -> N
     assert toy.values(DONE) == [("k", "done:9")]
 
 
-def engine_whose_next_abort_is_fenced(
-    toy: Toy, monkeypatch: pytest.MonkeyPatch, error: int = KafkaError._FENCED
+def engine_fenced_at(
+    toy: Toy, monkeypatch: pytest.MonkeyPatch, step: str, error: int = KafkaError._FENCED
 ) -> Engine:
-    """An engine past one commit ("1"), with "add:2" in a transaction whose commit fails
-    and whose abort is told "fenced", as after the coordinator's transaction timeout."""
+    """An engine past one commit ("1"), with "add:2" in a transaction the coordinator
+    timed out: its commit is told `error` (fatal), or (step "abort") its commit fails
+    and its abort is told `error`."""
     monkeypatch.setattr(engine_module, "TRANSACTION_TIMEOUT_S", 0.0)
     toy.send(ADDS, "k", "add:1")
     engine = toy.engine()
     turns(engine)
     toy.send(ADDS, "k", "add:2")
-    toy.cluster.fail_next_commit = KafkaError(
-        KafkaError._STATE, "injected", txn_requires_abort=True
-    )
-    toy.cluster.fail_next_abort = KafkaError(error, "fatal", fatal=True)
+    fatal = KafkaError(error, "fatal", fatal=True)
+    if step == "commit":
+        toy.cluster.fail_next_commit = fatal
+    else:
+        toy.cluster.fail_next_commit = KafkaError(
+            KafkaError._STATE, "injected", txn_requires_abort=True
+        )
+        toy.cluster.fail_next_abort = fatal
     return engine
 
 
-@pytest.mark.parametrize("error", [KafkaError._FENCED, KafkaError.INVALID_TXN_STATE])
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [
+        ("abort", KafkaError._FENCED),
+        ("abort", KafkaError.INVALID_TXN_STATE),
+        ("commit", KafkaError._FENCED),
+    ],
+)
 def test_a_transaction_the_coordinator_timed_out_is_redone_by_a_new_producer(
-    toy: Toy, monkeypatch: pytest.MonkeyPatch, error: int
+    toy: Toy, monkeypatch: pytest.MonkeyPatch, step: str, error: int
 ) -> None:
     # Found by the chaos run: a broker silent past the transaction timeout has the
-    # coordinator abort the transaction and bump the epoch; librdkafka's abort is then
-    # told "fenced" (or INVALID_TXN_STATE), fatal. Still a member of the group: not a zombie.
-    engine = engine_whose_next_abort_is_fenced(toy, monkeypatch, error)
+    # coordinator abort the transaction and bump the epoch; librdkafka's commit or abort
+    # is then told "fenced" (or INVALID_TXN_STATE), fatal. Still a member of the group:
+    # not a zombie.
+    engine = engine_fenced_at(toy, monkeypatch, step, error)
     first = engine._producer
     turns(engine, 2)
-    assert engine.stats.aborted == 1
     assert engine._producer is not first
     turns(engine)
     assert [v for _, v in toy.values(TOTALS)] == ["1", "3"]  # redone once
 
 
-def test_a_fenced_abort_ends_an_instance_that_is_no_longer_a_member(
-    toy: Toy, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("step", ["abort", "commit"])
+def test_a_fenced_transaction_ends_an_instance_that_is_no_longer_a_member(
+    toy: Toy, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     # A successor with the same instance id fences the same way, but took the group
     # membership too: this instance must not take a producer back from it.
-    engine = engine_whose_next_abort_is_fenced(toy, monkeypatch)
+    engine = engine_fenced_at(toy, monkeypatch, step)
     monkeypatch.setattr(engine._consumer, "assignment", lambda: [])
     with pytest.raises(KafkaException):
         turns(engine, 2)
