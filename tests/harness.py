@@ -274,7 +274,7 @@ class Deployment:
             topics=self.topics,
             instance_id=instance,
             state_dir=self.state_root / instance,
-            consumer_config=FAST_GROUP,
+            consumer_config=changes.pop("consumer_config", FAST_GROUP),
             codec=self.engine_codec,
             **changes,
         )
