@@ -91,11 +91,14 @@ def summary(results: dict[str, Any]) -> Table:
     )
     for key, name in (("restore", "changelog restore"), ("index", "booking index catch-up")):
         run = results[key]
+        rounds = run.get("rounds") or []
+        each = "; ".join(f"{rate / raw:.2f}" for raw, rate in rounds)
         table.add_row(
             name,
             f"{run['records_per_s']:,.0f} records/s",
             f"raw read {run['raw_records_per_s']:,.0f} records/s, ratio {run['ratio']:.2f} "
-            f"({run['records']:,} records, {run['partitions']} partitions)",
+            f"({run['records']:,} records, {run['partitions']} partitions"
+            + (f"; medians of {len(rounds)} rounds, whose ratios were {each})" if rounds else ")"),
         )
     for row in results["rss"]:
         index = (
