@@ -52,7 +52,8 @@ def test_a_broker_silent_past_the_transaction_timeout_is_waited_out(
     # transaction timeout (10 s): after SIGKILL, leaders move only once the controller
     # fences the node (about 10 s). A node that stops answering (SIGSTOP) shows it every
     # time: the records in flight to it time out. The node chosen coordinates neither the
-    # group nor the instance's transactions, so only deliveries are involved.
+    # group nor the instance's transactions, so only deliveries (and, below, the group's
+    # heartbeats) are involved.
     deployment = Deployment(local_cluster.bootstrap, tmp_path)
     # A session longer than the node's silence: the victim still replicates the group's
     # __consumer_offsets partition, and until it leaves the ISR (replica.lag.time.max.ms,

@@ -127,6 +127,7 @@ class Engine:
         self._routing_held = False
         self._held_until: float | None = None  # paused for a TryLater until then
         self._try_later_s = 0.0
+        self._rebalancing = False  # inside the revocation callback
         self.memory = StateMemory(config.state_memory)
         common = {"bootstrap.servers": config.bootstrap_servers, **config.client_config}
         group = {
@@ -589,7 +590,7 @@ class Engine:
         (the records it fetches are dropped: the caller rewinds to the committed
         offsets) = the timeout. Raises the consumer's own fatal error if it has one."""
         error: KafkaError = exc.args[0]
-        if not error.fatal():
+        if not error.fatal() or self._rebalancing:  # no consume() inside a rebalance callback
             return False
         if time.monotonic() - self._checkpoint.opened_at < TRANSACTION_TIMEOUT_S:
             return False
@@ -787,11 +788,14 @@ class Engine:
 
     def _on_revoke(self, consumer: object, partitions: list[TopicPartition]) -> None:
         self.ready.clear()
+        self._rebalancing = True
         try:
             self._commit_or_abort()
         except KafkaException as exc:
             log.warning("commit on revocation failed: %s", exc)
             self._abort_quietly()
+        finally:
+            self._rebalancing = False
         self._drop(partitions, keep_stores=True)
 
     def _on_lost(self, consumer: object, partitions: list[TopicPartition]) -> None:

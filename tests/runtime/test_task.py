@@ -247,6 +247,20 @@ def test_a_fenced_transaction_ends_an_instance_that_is_no_longer_a_member(
     assert toy.values(TOTALS) == [("k", "1")]  # nothing of the fenced transaction
 
 
+def test_a_fenced_commit_during_a_revocation_is_not_checked_by_consuming(
+    toy: Toy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The membership check polls the group consumer: never from inside its own
+    # rebalance callback, where the revocation commits. The revocation aborts instead.
+    engine = engine_fenced_at(toy, monkeypatch, "commit")
+    polled: list[object] = []
+    monkeypatch.setattr(engine._consumer, "consume", lambda *a, **k: polled.append(a) or [])
+    engine._rebalancing = True
+    fatal = KafkaException(KafkaError(KafkaError._FENCED, "fatal", fatal=True))
+    assert not engine._timed_out_by_the_coordinator(fatal)
+    assert polled == []
+
+
 def test_a_store_restores_in_the_loop_and_the_task_runs_after(toy: Toy) -> None:
     for i in range(50):
         toy.cluster.produce(CHANGELOG, str(i).encode(), f"k{i}".encode())  # keyed as ADDS
