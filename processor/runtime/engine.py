@@ -527,7 +527,6 @@ class Engine:
                     "on from what Kafka holds: it may have committed or not",
                     exc,
                 )
-                self._replace_producer()
                 self._recover_unknown_outcome()
                 return
             except TransactionFailed as exc:
@@ -548,8 +547,7 @@ class Engine:
                 if not self._timed_out_by_the_coordinator(exc):
                     raise
                 # Fenced at commit: most likely not committed, but a lost answer to a
-                # commit that went through fails the same way. Right either way:
-                self._replace_producer()
+                # commit that went through fails the same way.
                 self._recover_unknown_outcome()
                 return
         for task in tasks:
@@ -627,10 +625,11 @@ class Engine:
         self._held_until = time.monotonic() + self._try_later_s
 
     def _recover_unknown_outcome(self) -> None:
-        """After a commit given up: the new producer's fencing ended the transaction
-        one way or the other. Restoring every store's changelog tail and rewinding to
-        the committed offsets is right either way: committed, both include it;
-        aborted, neither does."""
+        """After a commit given up or fenced: a new producer, whose fencing ends the
+        transaction one way or the other. Restoring every store's changelog tail and
+        rewinding to the committed offsets is right either way: committed, both include
+        it; aborted, neither does."""
+        self._replace_producer()
         self._rewind()
         stores = {}
         for task in self.stateful_tasks():
