@@ -23,7 +23,7 @@ from processor.bench.session import Session
 from processor.routing import INDEX, index_entries
 from processor.runtime.global_table import GlobalTable, GlobalTables
 from processor.runtime.restore import Restorer
-from processor.runtime.store import PartitionStore, StateMemory
+from processor.runtime.store import PartitionStore, StateMemory, direct_writes_supported
 
 
 @dataclass
@@ -58,6 +58,11 @@ class CatchUp:
             raw_records_per_s=round(raw_rate, 1),
             ratio=round(rate / raw_rate, 3),
         )
+
+
+def _memory(session: Session) -> StateMemory:
+    """The engine's default budget and write mode for this state directory."""
+    return StateMemory(direct_writes=direct_writes_supported(session.state_dir))
 
 
 def _reader(session: Session, name: str) -> Consumer:
@@ -103,7 +108,7 @@ def _restore_once(session: Session, changelog: str, raw: tuple[int, float], n: i
     cfg = session.config
     partitions = session.admin.list_topics(changelog, timeout=30).topics[changelog].partitions
     restorer = Restorer(_reader(session, "restore"), session.admin, changelog)
-    memory = StateMemory()
+    memory = _memory(session)
     root = session.state_dir / f"restored-{n}"
     stores = {p: PartitionStore(root / str(p), memory) for p in partitions}
     try:
@@ -135,7 +140,7 @@ def index(session: Session, topic: str) -> CatchUp:
         session.state_dir / "index" / INDEX,
         index_entries(session.codec),
         _reader(session, "index"),
-        StateMemory(),
+        _memory(session),
     )
     tables = GlobalTables([table], session.admin)
     try:

@@ -34,7 +34,13 @@ from processor.runtime.handler import Handler, Router, StateSerde, TryLater
 from processor.runtime.parking import Backoff
 from processor.runtime.restore import Restorer
 from processor.runtime.stats import COMMIT_BUCKETS, RECORD_BUCKETS, Histogram, Stats
-from processor.runtime.store import MiB, PartitionStore, StateMemory, StoreTransaction
+from processor.runtime.store import (
+    MiB,
+    PartitionStore,
+    StateMemory,
+    StoreTransaction,
+    direct_writes_supported,
+)
 from processor.runtime.task import RouteTask, StatefulTask, TaskState
 
 log = logging.getLogger(__name__)
@@ -128,7 +134,9 @@ class Engine:
         self._held_until: float | None = None  # paused for a TryLater until then
         self._try_later_s = 0.0
         self._rebalancing = False  # inside the revocation callback
-        self.memory = StateMemory(config.state_memory)
+        self.memory = StateMemory(
+            config.state_memory, direct_writes=direct_writes_supported(config.state_dir)
+        )
         common = {"bootstrap.servers": config.bootstrap_servers, **config.client_config}
         group = {
             **common,

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
-from processor.runtime.store import MiB, PartitionStore, StateMemory, StoreTransaction
+from processor.runtime.store import (
+    MiB,
+    PartitionStore,
+    StateMemory,
+    StoreTransaction,
+    direct_writes_supported,
+)
 from tests.runtime.toyapp import IntSerde
 
 memory = StateMemory(16 * MiB)
@@ -77,3 +85,39 @@ def test_stores_share_one_budget_that_has_a_floor(tmp_path: Path) -> None:
         store.close()
     with pytest.raises(ValueError, match="below the 8 MiB minimum"):
         StateMemory(1 * MiB)
+
+
+def test_a_store_written_with_direct_io_reads_back_after_a_flush_and_a_reopen(
+    tmp_path: Path,
+) -> None:
+    assert direct_writes_supported(tmp_path)  # pytest's tmp_path is on a disk here
+    direct = StateMemory(16 * MiB, direct_writes=True)
+    store = PartitionStore(tmp_path / "p0", direct)
+    store.write({f"k{i}".encode(): b"v" * 300 for i in range(20_000)}, changelog_offset=7)
+    store.persist()
+    store.close()  # the SST files written with O_DIRECT are what reopens
+
+    options = max((tmp_path / "p0").glob("OPTIONS-*")).read_text()
+    assert "use_direct_io_for_flush_and_compaction=true" in options
+
+    reopened = PartitionStore(tmp_path / "p0", direct)
+    assert reopened.changelog_offset == 7
+    assert reopened.get(b"k19999") == b"v" * 300
+    assert sum(1 for _ in reopened.items()) == 20_000
+    reopened.close()
+    assert not list(tmp_path.glob(".direct-io-probe-*"))
+
+
+def test_a_filesystem_refusing_o_direct_gets_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def refuse_direct(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_direct)
+    assert direct_writes_supported(tmp_path) is False
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
