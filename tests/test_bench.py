@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from processor.bench.catchup import RESTORE_ROUNDS
 from processor.bench.cli import main
 
 pytestmark = pytest.mark.integration
@@ -94,7 +95,7 @@ def test_bench_writes_every_figure_and_a_png(kafka_bootstrap: str, tmp_path: Pat
         assert run["records_per_s"] > 0 and run["raw_records_per_s"] > 0 and run["ratio"] > 0
     # The restore alternates with its raw read and reports the medians of each.
     rounds = results["restore"]["rounds"]
-    assert len(rounds) == 3
+    assert len(rounds) == RESTORE_ROUNDS
     assert results["restore"]["raw_records_per_s"] == statistics.median(r[0] for r in rounds)
     assert results["restore"]["records_per_s"] == statistics.median(r[1] for r in rounds)
 

@@ -70,7 +70,7 @@ def _reader(session: Session, name: str) -> Consumer:
     return Consumer({**session.settings["reader"], "group.id": group})
 
 
-RESTORE_ROUNDS = 3
+RESTORE_ROUNDS = 5
 
 
 def restore(session: Session, changelog: str, rounds: int = RESTORE_ROUNDS) -> CatchUp:
