@@ -610,12 +610,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: engine.stop())
     log.info(
-        "instance %s of %s on %s: %d partitions, state in %s",
+        "instance %s of %s on %s: %d partitions, state in %s (%d MiB of RocksDB memory, "
+        "table files written %s)",
         engine.config.instance_id,
         engine.config.application_id,
         engine.config.bootstrap_servers,
         partitions,
         state_dir,
+        engine.memory.total_bytes >> 20,
+        "with O_DIRECT" if engine.memory.direct_writes else "buffered",
     )
     try:
         server = serve(engine, codec, *args.http) if args.http else None

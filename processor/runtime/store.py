@@ -101,14 +101,14 @@ class StateMemory:
 def direct_writes_supported(directory: Path) -> bool:
     """Whether files under `directory` can be written with O_DIRECT (tmpfs, some
     overlay and network filesystems refuse it): probed with a real file."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return False  # not on this platform (macOS)
     directory.mkdir(parents=True, exist_ok=True)
     probe = directory / f".direct-io-probe-{uuid.uuid4().hex}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_DIRECT", 0)
-    if flags & getattr(os, "O_DIRECT", 0) == 0:
-        return False  # no O_DIRECT on this platform
     page = mmap.mmap(-1, 4096)  # O_DIRECT needs an aligned buffer: a page is
     try:
-        fd = os.open(probe, flags, 0o600)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | direct, 0o600)
         try:
             os.write(fd, page)
         finally:
