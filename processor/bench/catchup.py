@@ -37,7 +37,7 @@ class CatchUp:
     raw_read_s: float
     raw_records_per_s: float
     ratio: float  # rate into RocksDB / raw read rate
-    # With several rounds: each round's (raw read, into RocksDB) records/s; the figures
+    # The restore's rounds: each one's (raw read, into RocksDB) records/s; the figures
     # above are then the medians of each, and their ratio.
     rounds: list[tuple[float, float]] = field(default_factory=list)
 
@@ -89,8 +89,6 @@ def restore(session: Session, changelog: str, rounds: int = RESTORE_ROUNDS) -> C
         session.progress.advance(task)
         runs.append(_restore_once(session, changelog, raw, n))
         session.progress.advance(task)
-    if len(runs) == 1:
-        return runs[0]
     rate = statistics.median(r.records_per_s for r in runs)
     raw_rate = statistics.median(r.raw_records_per_s for r in runs)
     return replace(

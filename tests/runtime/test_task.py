@@ -5,6 +5,7 @@ bad input and abort-and-rewind. The toy app is described in toyapp.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -190,14 +191,18 @@ def test_an_aborted_transaction_leaves_nothing_and_is_redone_once(toy: Toy) -> N
 
 
 def engine_fenced_at(
-    toy: Toy, monkeypatch: pytest.MonkeyPatch, step: str, error: int = KafkaError._FENCED
+    toy: Toy,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    error: int = KafkaError._FENCED,
+    **options: Any,
 ) -> Engine:
     """An engine past one commit ("1"), with "add:2" in a transaction the coordinator
     timed out: its commit is told `error` (fatal), or (step "abort") its commit fails
     and its abort is told `error`."""
     monkeypatch.setattr(engine_module, "TRANSACTION_TIMEOUT_S", 0.0)
     toy.send(ADDS, "k", "add:1")
-    engine = toy.engine()
+    engine = toy.engine(**options)
     turns(engine)
     toy.send(ADDS, "k", "add:2")
     fatal = KafkaError(error, "fatal", fatal=True)
@@ -229,6 +234,7 @@ def test_a_transaction_the_coordinator_timed_out_is_redone_by_a_new_producer(
     engine = engine_fenced_at(toy, monkeypatch, step, error)
     first = engine._producer
     turns(engine, 2)
+    assert engine.stats.aborted == 1
     assert engine._producer is not first
     turns(engine)
     assert [v for _, v in toy.values(TOTALS)] == ["1", "3"]  # redone once
@@ -252,13 +258,15 @@ def test_a_fenced_commit_during_a_revocation_is_not_checked_by_consuming(
 ) -> None:
     # The membership check polls the group consumer: never from inside its own
     # rebalance callback, where the revocation commits. The revocation aborts instead.
-    engine = engine_fenced_at(toy, monkeypatch, "commit")
+    engine = engine_fenced_at(toy, monkeypatch, "commit", commit_interval_s=3600.0)
+    engine.turn()  # "add:2" fetched and staged: its transaction stays open
+    assert engine._checkpoint.is_open
     polled: list[object] = []
     monkeypatch.setattr(engine._consumer, "consume", lambda *a, **k: polled.append(a) or [])
-    engine._rebalancing = True
-    fatal = KafkaException(KafkaError(KafkaError._FENCED, "fatal", fatal=True))
-    assert not engine._timed_out_by_the_coordinator(fatal)
+    engine._on_revoke(engine._consumer, [])  # the fenced commit is logged, then aborted
     assert polled == []
+    assert not engine._checkpoint.is_open and not engine._rebalancing
+    assert toy.values(TOTALS) == [("k", "1")]  # nothing of the fenced transaction
 
 
 def test_a_store_restores_in_the_loop_and_the_task_runs_after(toy: Toy) -> None:
